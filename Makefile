@@ -1,0 +1,66 @@
+# Two commands on a fresh machine: `make run` and `make test`. Every target sets up first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+SETUP_STAMP := $(VENV)/.setup-complete
+DOCS_PORT ?= 8080
+
+export ELT_DATA_DIR ?= $(CURDIR)/data
+export ELT_TARGET ?= duckdb
+export DBT_PROJECT_DIR := $(CURDIR)/dbt_project
+export DBT_PROFILES_DIR := $(CURDIR)/profiles
+# No telemetry from any tool (DESIGN §5).
+export DO_NOT_TRACK := 1
+export DBT_SEND_ANONYMOUS_USAGE_STATS := False
+export RUNTIME__DLTHUB_TELEMETRY := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+DBT := $(BIN)/dbt
+
+.PHONY: help setup load build docs run test lint clean
+
+help:
+	@echo "make run    set up, load the bundled sample data and build the dbt models (offline)"
+	@echo "make test   set up and run the test suite"
+	@echo "make load | build | docs | lint | clean"
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; Python 3.11 is required (make PYTHON=/path/to/python3.11 ...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $@
+
+load: setup
+	$(BIN)/python -m loaders football-csv
+
+build: setup
+	$(DBT) build
+
+docs: setup
+	$(DBT) docs generate
+	$(DBT) docs serve --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
+
+run: setup
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory load build && \
+	echo && \
+	echo "Pipeline finished in $$(( $$(date +%s) - start ))s." && \
+	echo "Warehouse: $(ELT_DATA_DIR)/warehouse.duckdb (schemas raw_football, staging, marts)" && \
+	echo "Query it:  $(BIN)/python -c \"import duckdb; print(duckdb.connect('$(ELT_DATA_DIR)/warehouse.duckdb').sql('select * from marts.fct_standings limit 10'))\"" && \
+	echo "Docs:      make docs, then open http://127.0.0.1:$(DOCS_PORT)"
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(DBT_PROJECT_DIR)/target $(DBT_PROJECT_DIR)/logs .pytest_cache

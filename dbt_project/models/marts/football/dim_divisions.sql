@@ -1,0 +1,20 @@
+with
+
+divisions as (
+
+    select * from {{ ref('divisions') }}
+
+),
+
+final as (
+
+    select
+        cast(division_code as {{ dbt.type_string() }}) as division_code,
+        cast(division_name as {{ dbt.type_string() }}) as division_name,
+        cast(country as {{ dbt.type_string() }}) as country,
+        cast(tier as integer) as tier
+    from divisions
+
+)
+
+select * from final

@@ -1,0 +1,69 @@
+"""Command line: `python -m loaders football-csv --seasons 2425 --divisions E0,E1`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from loaders import football_csv
+from loaders.settings import data_dir, pipeline, target
+
+
+def _football_csv(args: argparse.Namespace) -> int:
+    options = {"force": args.force}
+    if args.seasons:
+        options["seasons"] = args.seasons
+    if args.start_year is not None or args.end_year is not None:
+        if args.start_year is None or args.end_year is None:
+            raise football_csv.FootballCsvError("a season range needs both --from and --to")
+        options["seasons"] = football_csv.seasons_between(args.start_year, args.end_year)
+    if args.divisions:
+        options["divisions"] = args.divisions
+    if args.live:
+        options["base_url"] = football_csv.LIVE_BASE_URL
+    elif args.base_url:
+        options["base_url"] = args.base_url
+    report = football_csv.LoadReport()
+    source = football_csv.football_csv(report=report, **options)
+    info = pipeline("football_csv", "raw_football").run(source)
+    print(info)
+    print(
+        f"football_csv: {len(report.loaded)} loaded, {len(report.unchanged)} unchanged, "
+        f"{len(report.missing)} not found, {len(report.failed)} failed"
+    )
+    for name, reason in report.failed.items():
+        print(f"  failed {name}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loaders", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    csv_cmd = commands.add_parser("football-csv", help="load football-data.co.uk season CSVs")
+    csv_cmd.add_argument("--seasons", help="comma-separated season codes, e.g. 2324,2425")
+    csv_cmd.add_argument("--from", dest="start_year", type=int, help="first season's start year, e.g. 2019")
+    csv_cmd.add_argument("--to", dest="end_year", type=int, help="last season's start year, e.g. 2024")
+    csv_cmd.add_argument("--divisions", help="comma-separated division codes, e.g. E0,E1")
+    source = csv_cmd.add_mutually_exclusive_group()
+    source.add_argument("--base-url", help="where <season>/<division>.csv files live (URL or folder)")
+    source.add_argument("--live", action="store_true", help=f"read from {football_csv.LIVE_BASE_URL}")
+    csv_cmd.add_argument("--force", action="store_true", help="re-load files even if unchanged")
+    csv_cmd.set_defaults(handler=_football_csv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    print(f"target={target()} data_dir={data_dir()}")
+    try:
+        return args.handler(args)
+    except football_csv.FootballCsvError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""One place for runtime configuration (DESIGN §8): data dir, warehouse target, destinations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+import dlt
+from dlt.common.destination import Destination
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+DBT_PROFILES_DIR = PROJECT_ROOT / "profiles"
+TARGETS = ("duckdb", "postgres")
+
+
+def data_dir() -> Path:
+    """Root of everything the pipeline writes (landing/, lake/, warehouse.duckdb, ...)."""
+    return Path(os.environ.get("ELT_DATA_DIR", PROJECT_ROOT / "data")).resolve()
+
+
+def landing_dir() -> Path:
+    return data_dir() / "landing"
+
+
+def warehouse_path() -> Path:
+    return data_dir() / "warehouse.duckdb"
+
+
+def target() -> str:
+    name = os.environ.get("ELT_TARGET", "duckdb")
+    if name not in TARGETS:
+        raise ValueError(f"ELT_TARGET={name!r} is not one of {', '.join(TARGETS)}")
+    return name
+
+
+def postgres_credentials() -> str:
+    """A libpq-style URL built from the standard PG* variables; no default password."""
+    user = os.environ.get("PGUSER", "postgres")
+    password = os.environ.get("PGPASSWORD", "")
+    host = os.environ.get("PGHOST", "127.0.0.1")
+    port = os.environ.get("PGPORT", "5432")
+    database = os.environ.get("PGDATABASE", "postgres")
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}" if password else quote(user, safe="")
+    return f"postgresql://{auth}@{host}:{port}/{database}"
+
+
+def destination() -> Destination:
+    if target() == "postgres":
+        return dlt.destinations.postgres(credentials=postgres_credentials())
+    warehouse_path().parent.mkdir(parents=True, exist_ok=True)
+    return dlt.destinations.duckdb(str(warehouse_path()))
+
+
+def pipeline(name: str, dataset_name: str) -> dlt.Pipeline:
+    """A dlt pipeline whose local state lives under the data dir, so data dirs stay independent."""
+    return dlt.pipeline(
+        pipeline_name=name,
+        pipelines_dir=str(data_dir() / ".dlt_pipelines"),
+        destination=destination(),
+        dataset_name=dataset_name,
+        progress="log",
+    )
