@@ -1,0 +1,100 @@
+"""Shared fixtures: isolated data dirs, the real sample files laid out like the live site, dbt."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, PROJECT_ROOT
+
+REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
+QUIET_TOOLS = {
+    "DO_NOT_TRACK": "1",
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+    "RUNTIME__DLTHUB_TELEMETRY": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+for _name, _value in QUIET_TOOLS.items():
+    os.environ.setdefault(_name, _value)
+
+
+def real_data(kind: str) -> Path:
+    """The shared real sample files; CI always has them, a lone clone may not."""
+    folder = REAL_DATA / kind
+    if not folder.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{folder} is missing: CI must run with shared/ beside the clone")
+        pytest.skip(f"real sample data not found at {folder}")
+    return folder
+
+
+def real_csv_files() -> list[Path]:
+    return sorted(real_data("football_csv").glob("*.csv"))
+
+
+def season_and_division(path: Path) -> tuple[str, str]:
+    """'2324_E0_excel_resaved.csv' -> ('2324', 'E0')."""
+    season, division = path.stem.split("_")[:2]
+    return season, division
+
+
+def lay_out_as_site(files: list[Path], base: Path) -> Path:
+    """Copy files to <base>/<season>/<division>.csv, the live site's layout."""
+    for path in files:
+        season, division = season_and_division(path)
+        target = base / season / f"{division}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return base
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ELT_DATA_DIR (landing/, warehouse.duckdb, dlt state) for one test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    monkeypatch.setenv("ELT_DATA_DIR", str(path))
+    monkeypatch.setenv("ELT_TARGET", "duckdb")
+    return path
+
+
+@pytest.fixture(scope="module")
+def module_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Like data_dir, shared by the tests of one module (for expensive loads)."""
+    path = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ELT_DATA_DIR", str(path))
+        patch.setenv("ELT_TARGET", "duckdb")
+        yield path
+
+
+def run_dbt(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """The real dbt CLI against the data dir's warehouse."""
+    env = {
+        **os.environ,
+        **QUIET_TOOLS,
+        "ELT_DATA_DIR": str(data_dir),
+        "DBT_PROJECT_DIR": str(DBT_PROJECT_DIR),
+        "DBT_PROFILES_DIR": str(DBT_PROFILES_DIR),
+    }
+    dbt = Path(sys.executable).parent / "dbt"
+    command = [
+        str(dbt),
+        *args,
+        "--target-path",
+        str(data_dir / "dbt_target"),
+        "--log-path",
+        str(data_dir / "dbt_logs"),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"dbt {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+        )
+    return result

@@ -1,0 +1,49 @@
+"""The loader CLI as a user runs it: `python -m loaders football-csv ...`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from .conftest import lay_out_as_site, real_csv_files
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "loaders", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_season_range_backfill_loads_what_exists_and_reports_the_rest(data_dir, tmp_path):
+    site = lay_out_as_site([p for p in real_csv_files() if p.name == "1920_E0.csv"], tmp_path / "site")
+    result = run_cli(
+        "football-csv",
+        "--from",
+        "2019",
+        "--to",
+        "2020",
+        "--divisions",
+        "E0",
+        "--base-url",
+        str(site),
+        env=dict(os.environ),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 loaded, 0 unchanged, 1 not found, 0 failed" in result.stdout
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
+        assert connection.sql(
+            "select season, count(*) from raw_football.matches group by all"
+        ).fetchall() == [("1920", 380)]
+
+
+def test_unknown_division_exits_with_the_valid_codes(data_dir):
+    result = run_cli("football-csv", "--seasons", "2425", "--divisions", "E0,PL", env=dict(os.environ))
+    assert result.returncode == 2
+    assert "unknown division code(s) PL; valid codes: E0 (Premier League)" in result.stderr
+    assert not (data_dir / "warehouse.duckdb").exists()

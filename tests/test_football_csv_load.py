@@ -1,0 +1,300 @@
+"""football-data.co.uk CSVs through the real dlt pipeline into a real DuckDB, then real dbt."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import threading
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from loaders.football_csv import FootballCsvError, LoadReport, football_csv
+from loaders.settings import pipeline, warehouse_path
+
+from .conftest import lay_out_as_site, real_csv_files, run_dbt, season_and_division
+
+pytestmark = pytest.mark.integration
+
+
+def load(base_url: str, seasons, divisions, **options) -> LoadReport:
+    report = LoadReport()
+    source = football_csv(seasons=seasons, divisions=divisions, base_url=base_url, report=report, **options)
+    pipeline("football_csv", "raw_football").run(source)
+    return report
+
+
+def query(sql: str) -> list[tuple]:
+    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
+        return connection.sql(sql).fetchall()
+
+
+def data_lines(path: Path) -> int:
+    """Independent count: lines after the header that are not made only of commas."""
+    text = path.read_bytes().decode("utf-8-sig")
+    return sum(1 for line in text.splitlines()[1:] if line.strip(", \t"))
+
+
+def expected_table(path: Path) -> dict[str, tuple[int, int, int]]:
+    """(played, points, goal difference) per team, computed straight from the CSV."""
+    table: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for row in csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8-sig"))):
+        if not row.get("HomeTeam"):
+            continue
+        home, away = int(row["FTHG"]), int(row["FTAG"])
+        for team, scored, conceded in ((row["HomeTeam"], home, away), (row["AwayTeam"], away, home)):
+            entry = table[team]
+            entry[0] += 1
+            entry[1] += 3 if scored > conceded else 1 if scored == conceded else 0
+            entry[2] += scored - conceded
+    return {team: tuple(values) for team, values in table.items()}
+
+
+@pytest.fixture(scope="module")
+def all_real_files(module_data_dir: Path, tmp_path_factory) -> dict:
+    """Every shared real CSV loaded once into one warehouse; dbt built on top of it."""
+    files = real_csv_files()
+    site = lay_out_as_site(files, tmp_path_factory.mktemp("site"))
+    pairs = sorted({season_and_division(path) for path in files})
+    reports = [load(str(site), [season], [division]) for season, division in pairs]
+    run_dbt("build", data_dir=module_data_dir)
+    return {"files": files, "site": site, "reports": reports}
+
+
+def test_every_real_file_loads_all_its_rows(all_real_files):
+    assert all(not report.failed and not report.missing for report in all_real_files["reports"])
+    loaded = dict(
+        ((season, division), count)
+        for season, division, count in query(
+            "select season, division, count(*) from raw_football.matches group by all"
+        )
+    )
+    for path in all_real_files["files"]:
+        assert loaded[season_and_division(path)] == data_lines(path), path.name
+    # None of the real files has an unusable row; the rejected-rows table is only made when
+    # one appears (see test_bad_rows_land_in_the_rejected_table).
+    tables = {name for (name,) in query("select table_name from information_schema.tables")}
+    assert "rejected_rows" not in tables
+
+
+def test_ragged_rows_are_padded_and_recorded(all_real_files):
+    warnings = query(
+        "select season, division, warning_code, count(*) from raw_football.row_warnings group by all"
+    )
+    # 0102_E0 has 6 rows with 45 of its 48 header fields (quoted commas in referee names are
+    # not extra fields).
+    assert warnings == [("0102", "E0", "missing_fields", 6)]
+
+
+def test_the_ledger_accounts_for_every_row_and_the_raw_bytes_are_archived(all_real_files):
+    rows = query(
+        "select season, division, sha256, landing_path, data_rows, blank_rows, loaded_rows, rejected_rows "
+        "from raw_football.source_files"
+    )
+    assert len(rows) == len(all_real_files["files"])
+    by_key = {(row[0], row[1]): row for row in rows}
+    for path in all_real_files["files"]:
+        _, _, sha256, landing_path, data_rows, blank_rows, loaded_rows, rejected = by_key[
+            season_and_division(path)
+        ]
+        raw = path.read_bytes()
+        assert sha256 == hashlib.sha256(raw).hexdigest()
+        assert Path(landing_path).read_bytes() == raw
+        assert loaded_rows + rejected == data_rows == data_lines(path)
+    assert by_key[("1415", "E0")][5] == 1  # the trailing all-comma row
+
+
+def test_dates_times_and_odd_headers_land_typed_and_named_safely(all_real_files):
+    columns = {
+        name
+        for (name,) in query(
+            "select column_name from information_schema.columns "
+            "where table_schema = 'raw_football' and table_name = 'matches'"
+        )
+    }
+    assert {"b365_over_2_5", "bb_mx_over_2_5", "_1xbh", "home_team", "fthg"} <= columns
+    assert all(re.fullmatch(r"[a-z_][a-z0-9_]*", name) for name in columns)
+    assert not any(name.startswith("unnamed") for name in columns)  # SC0's empty trailing columns
+    spans = dict(
+        ((season, division), (first, last))
+        for season, division, first, last in query(
+            "select season, division, min(match_date)::varchar, max(match_date)::varchar "
+            "from raw_football.matches group by all"
+        )
+    )
+    assert spans[("9394", "E0")] == ("1993-08-14", "1994-05-08")
+    assert spans[("2324", "E0")] == ("2023-08-11", "2023-12-10")
+    assert spans[("1920", "E0")][1] == "2020-07-26"
+    times = dict(
+        query(
+            "select time, kickoff_time::varchar from raw_football.matches "
+            "where season = '2324' and time in ('20', '19.3', '20.15') group by all"
+        )
+    )
+    assert times == {"20": "20:00:00", "19.3": "19:30:00", "20.15": "20:15:00"}
+    assert (
+        query("select home_team from raw_football.matches where home_team like 'Preu%'")[0][0]
+        == "Preußen Münster"
+    )
+
+
+def test_dbt_standings_match_tables_computed_from_the_csv(all_real_files):
+    for name in ("9394_E0.csv", "1415_E0.csv", "1819_D1.csv"):
+        path = next(p for p in all_real_files["files"] if p.name == name)
+        season, division = season_and_division(path)
+        standings = {
+            team: (played, points, goal_difference)
+            for team, played, points, goal_difference in query(
+                "select team_name, played, points, goal_difference from marts.fct_standings "
+                f"where season_code = '{season}' and division_code = '{division}'"
+            )
+        }
+        assert standings == expected_table(path), name
+    champions = query(
+        "select season_code, team_name, points from marts.fct_standings "
+        "where division_code = 'E0' and position = 1 and season_code in ('9394', '1415') order by 1"
+    )
+    # Known champions: Manchester United 92 points in 1993/94, Chelsea 87 in 2014/15.
+    assert champions == [("1415", "Chelsea", 87), ("9394", "Man United", 92)]
+
+
+def test_dbt_marts_cover_every_loaded_match(all_real_files):
+    total = sum(data_lines(path) for path in all_real_files["files"])
+    assert query("select count(*) from marts.fct_matches")[0][0] == total
+    assert query("select count(*) from marts.dim_seasons")[0][0] == len(
+        {season_and_division(path)[0] for path in all_real_files["files"]}
+    )
+
+
+def test_reloading_unchanged_files_changes_nothing(data_dir, tmp_path):
+    site = lay_out_as_site([p for p in real_csv_files() if p.name == "2425_E0.csv"], tmp_path / "site")
+    first = load(str(site), ["2425"], ["E0"])
+    before = query("select count(*), max(_dlt_load_id) from raw_football.matches")
+    second = load(str(site), ["2425"], ["E0"])
+    assert first.loaded == ["2425/E0"] and second.unchanged == ["2425/E0"]
+    assert query("select count(*), max(_dlt_load_id) from raw_football.matches") == before
+    forced = load(str(site), ["2425"], ["E0"], force=True)
+    assert forced.loaded == ["2425/E0"]
+    assert query("select count(*) from raw_football.matches")[0][0] == before[0][0] == 261
+
+
+def test_a_corrected_file_updates_its_matches_in_place(data_dir, tmp_path):
+    site = lay_out_as_site([p for p in real_csv_files() if p.name == "2425_E0.csv"], tmp_path / "site")
+    load(str(site), ["2425"], ["E0"])
+    path = site / "2425" / "E0.csv"
+    text = path.read_bytes().decode("utf-8-sig")
+    first_match = text.splitlines()[1]
+    assert first_match.startswith("E0,16/08/2024,20:00,Man United,Fulham,1,0,H")
+    path.write_bytes(
+        text.replace(first_match, first_match.replace("Fulham,1,0,H", "Fulham,2,0,H", 1)).encode()
+    )
+    report = load(str(site), ["2425"], ["E0"])
+    assert report.loaded == ["2425/E0"]
+    assert query("select count(*) from raw_football.matches")[0][0] == 261
+    assert query(
+        "select fthg from raw_football.matches where home_team = 'Man United' and away_team = 'Fulham'"
+    ) == [("2",)]
+    assert len(list((data_dir / "landing" / "football_csv" / "2425" / "E0").glob("*.csv"))) == 2
+
+
+def test_bad_rows_land_in_the_rejected_table(data_dir, tmp_path):
+    site = tmp_path / "site" / "2425"
+    site.mkdir(parents=True)
+    (site / "E1.csv").write_bytes(
+        b"Div,Date,HomeTeam,AwayTeam,FTHG,FTAG,FTR\n"
+        b"E1,09/08/2024,Blackburn,Derby,4,2,H\n"
+        b"E1,,Leeds,Portsmouth,3,3,D\n"
+        b"E1,10/09/2025,Luton,Burnley,1,1,D\n"
+    )
+    report = load(str(site.parent), ["2425"], ["E1"])
+    assert report.loaded == ["2425/E1"]
+    assert query("select home_team from raw_football.matches") == [("Blackburn",)]
+    assert query("select source_line, reason, raw_record from raw_football.rejected_rows order by 1") == [
+        (3, "no match date", "E1,,Leeds,Portsmouth,3,3,D"),
+        (
+            4,
+            "date '10/09/2025' is outside season 2425 (2024-07-01..2025-08-31)",
+            "E1,10/09/2025,Luton,Burnley,1,1,D",
+        ),
+    ]
+
+
+def test_a_broken_file_fails_alone_and_is_kept_in_landing(data_dir, tmp_path):
+    site = lay_out_as_site([p for p in real_csv_files() if p.name == "2425_E0.csv"], tmp_path / "site")
+    (site / "2425" / "E1.csv").write_bytes(b"<html>Service unavailable</html>\n")
+    report = load(str(site), ["2425"], ["E0", "E1"])
+    assert report.loaded == ["2425/E0"]
+    assert "no header row with Date, HomeTeam and AwayTeam" in report.failed["2425/E1"]
+    assert query("select count(*) from raw_football.matches")[0][0] == 261
+    assert len(list((data_dir / "landing" / "football_csv" / "2425" / "E1").glob("*.csv"))) == 1
+    # Not remembered as loaded: the next run tries it again.
+    assert load(str(site), ["2425"], ["E1"]).failed
+
+
+def test_unknown_division_is_refused_before_any_load(data_dir):
+    with pytest.raises(FootballCsvError, match="valid codes: E0"):
+        football_csv(seasons=["2425"], divisions=["ZZ9"], base_url="unused")
+
+
+class _SiteHandler(BaseHTTPRequestHandler):
+    """Serves a folder like football-data.co.uk: ETag and Last-Modified, 304s, 404s."""
+
+    root: Path
+    log: list[tuple[str, int]]
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        path = self.root / self.path.lstrip("/").removeprefix("mmz4281/")
+        if not path.is_file():
+            self._reply(404, b"not found")
+            return
+        body = path.read_bytes()
+        etag = f'"{hashlib.md5(body).hexdigest()}"'
+        if self.headers.get("If-None-Match") == etag:
+            self._reply(304, b"", etag)
+            return
+        self._reply(200, body, etag)
+
+    def _reply(self, status: int, body: bytes, etag: str | None = None):
+        self.log.append((self.path, status))
+        self.send_response(status)
+        if etag:
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", "Sun, 23 Feb 2025 10:00:00 GMT")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def local_site(tmp_path):
+    site = lay_out_as_site(
+        [p for p in real_csv_files() if p.name in ("2425_E0.csv", "2425_SC0.csv")], tmp_path / "site"
+    )
+    handler = type("Handler", (_SiteHandler,), {"root": site, "log": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/mmz4281", handler.log, site
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_unchanged_files_are_not_downloaded_again(data_dir, local_site):
+    base_url, requests_seen, _ = local_site
+    first = load(base_url, ["2425"], ["E0", "SC0", "E1"])
+    assert first.loaded == ["2425/E0", "2425/SC0"] and first.missing == ["2425/E1"]
+    assert sorted(status for _, status in requests_seen) == [200, 200, 404]
+    requests_seen.clear()
+    second = load(base_url, ["2425"], ["E0", "SC0"])
+    assert second.unchanged == ["2425/E0", "2425/SC0"]
+    assert [status for _, status in requests_seen] == [304, 304]
+    assert query("select count(*) from raw_football.matches")[0][0] == 261 + 162
+    assert query("select count(*) from raw_football.source_files where etag is not null")[0][0] == 2
