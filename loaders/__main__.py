@@ -1,4 +1,8 @@
-"""Command line: `python -m loaders football-csv --seasons 2425 --divisions E0,E1`."""
+"""Command line for the loaders.
+
+python -m loaders football-csv --seasons 2425 --divisions E0,E1
+python -m loaders football-api --competitions PL,BL1 --season 2024
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import argparse
 import logging
 import sys
 
-from loaders import football_csv
+from dlt.pipeline.exceptions import PipelineStepFailed
+
+from loaders import football_api, football_csv
 from loaders.settings import data_dir, pipeline, target
 
 
@@ -37,6 +43,24 @@ def _football_csv(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _football_api(args: argparse.Namespace) -> int:
+    options = {}
+    if args.competitions:
+        options["competitions"] = args.competitions
+    if args.season is not None:
+        options["season"] = args.season
+    if args.live:
+        options["base_url"] = football_api.LIVE_BASE_URL
+    elif args.base_url:
+        options["base_url"] = args.base_url
+    if args.calls_per_minute is not None:
+        options["calls_per_minute"] = args.calls_per_minute
+    source = football_api.football_api(**options)
+    info = pipeline("football_api", "raw_football_api").run(source)
+    print(info)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loaders", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--live", action="store_true", help=f"read from {football_csv.LIVE_BASE_URL}")
     csv_cmd.add_argument("--force", action="store_true", help="re-load files even if unchanged")
     csv_cmd.set_defaults(handler=_football_csv)
+
+    api_cmd = commands.add_parser("football-api", help="load football-data.org v4 competitions, teams, matches")
+    api_cmd.add_argument("--competitions", help="comma-separated codes or ids, e.g. PL,BL1")
+    api_cmd.add_argument("--season", type=int, help="start year of the season, e.g. 2024")
+    api_source = api_cmd.add_mutually_exclusive_group()
+    api_source.add_argument("--base-url", help="API base URL, or a folder of recorded responses")
+    api_source.add_argument("--live", action="store_true", help=f"call {football_api.LIVE_BASE_URL} (needs a token)")
+    api_cmd.add_argument("--calls-per-minute", type=int, help="client-side rate limit for live calls (default 10)")
+    api_cmd.set_defaults(handler=_football_api)
     return parser
 
 
@@ -60,9 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"target={target()} data_dir={data_dir()}")
     try:
         return args.handler(args)
-    except football_csv.FootballCsvError as error:
+    except PipelineStepFailed as failure:
+        cause = _known_cause(failure)
+        if cause is None:
+            raise
+        print(f"error: {cause} (nothing from this run was loaded)", file=sys.stderr)
+        return 1
+    except KNOWN_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+KNOWN_ERRORS = (football_csv.FootballCsvError, football_api.FootballApiError)
+
+
+def _known_cause(error: BaseException) -> BaseException | None:
+    """dlt wraps what a resource raised; find our own error in the chain."""
+    while error is not None:
+        if isinstance(error, KNOWN_ERRORS):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -71,9 +71,7 @@ def parse_season(code: str) -> Season:
     """'2425' -> 2024/25, '9394' -> 1993/94. football-data.co.uk starts in 1993."""
     code = str(code).strip()
     if not re.fullmatch(r"\d{4}", code) or (int(code[:2]) + 1) % 100 != int(code[2:]):
-        raise FootballCsvError(
-            f"season {code!r} is not a football-data.co.uk season code like '2425' (2024/25)"
-        )
+        raise FootballCsvError(f"season {code!r} is not a football-data.co.uk season code like '2425' (2024/25)")
     first = int(code[:2])
     return Season(code, (1900 if first >= 90 else 2000) + first)
 
@@ -138,8 +136,7 @@ def parse_match_date(text: str, season: Season) -> date:
         if season.contains(day_value):
             return day_value
     raise FootballCsvError(
-        f"date {text!r} is outside season {season.code} "
-        f"({season.first_day.isoformat()}..{season.last_day.isoformat()})"
+        f"date {text!r} is outside season {season.code} ({season.first_day.isoformat()}..{season.last_day.isoformat()})"
     )
 
 

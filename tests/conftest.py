@@ -94,7 +94,18 @@ def run_dbt(*args: str, data_dir: Path, check: bool = True) -> subprocess.Comple
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(
-            f"dbt {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
-        )
+        raise AssertionError(f"dbt {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}")
     return result
+
+
+@pytest.fixture
+def replay_api() -> Iterator:
+    """A local football-data.org replaying the shared recorded responses (tests/api_replay.py)."""
+    from .api_replay import ReplayApi, recorded_routes, start
+
+    api = ReplayApi(recorded_routes())
+    server, thread = start(api)
+    yield api
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

@@ -37,9 +37,9 @@ def test_season_range_backfill_loads_what_exists_and_reports_the_rest(data_dir, 
     assert result.returncode == 0, result.stderr
     assert "1 loaded, 0 unchanged, 1 not found, 0 failed" in result.stdout
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
-        assert connection.sql(
-            "select season, count(*) from raw_football.matches group by all"
-        ).fetchall() == [("1920", 380)]
+        assert connection.sql("select season, count(*) from raw_football.matches group by all").fetchall() == [
+            ("1920", 380)
+        ]
 
 
 def test_unknown_division_exits_with_the_valid_codes(data_dir):
@@ -47,3 +47,22 @@ def test_unknown_division_exits_with_the_valid_codes(data_dir):
     assert result.returncode == 2
     assert "unknown division code(s) PL; valid codes: E0 (Premier League)" in result.stderr
     assert not (data_dir / "warehouse.duckdb").exists()
+
+
+def test_football_api_default_reads_the_bundled_sample_offline(data_dir):
+    result = run_cli("football-api", env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
+        counts = connection.sql(
+            "select (select count(*) from raw_football_api.competitions),"
+            " (select count(*) from raw_football_api.teams),"
+            " (select count(*) from raw_football_api.matches)"
+        ).fetchone()
+    assert counts == (13, 38, 306)
+    assert list((data_dir / "landing" / "football_api").rglob("*.json"))
+
+
+def test_football_api_unknown_competition_is_a_clear_error(data_dir):
+    result = run_cli("football-api", "--competitions", "PL,NOPE", env=dict(os.environ))
+    assert result.returncode == 2
+    assert "unknown competition(s) NOPE; available:" in result.stderr

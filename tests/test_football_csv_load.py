@@ -70,9 +70,7 @@ def test_every_real_file_loads_all_its_rows(all_real_files):
     assert all(not report.failed and not report.missing for report in all_real_files["reports"])
     loaded = dict(
         ((season, division), count)
-        for season, division, count in query(
-            "select season, division, count(*) from raw_football.matches group by all"
-        )
+        for season, division, count in query("select season, division, count(*) from raw_football.matches group by all")
     )
     for path in all_real_files["files"]:
         assert loaded[season_and_division(path)] == data_lines(path), path.name
@@ -83,9 +81,7 @@ def test_every_real_file_loads_all_its_rows(all_real_files):
 
 
 def test_ragged_rows_are_padded_and_recorded(all_real_files):
-    warnings = query(
-        "select season, division, warning_code, count(*) from raw_football.row_warnings group by all"
-    )
+    warnings = query("select season, division, warning_code, count(*) from raw_football.row_warnings group by all")
     # 0102_E0 has 6 rows with 45 of its 48 header fields (quoted commas in referee names are
     # not extra fields).
     assert warnings == [("0102", "E0", "missing_fields", 6)]
@@ -99,9 +95,7 @@ def test_the_ledger_accounts_for_every_row_and_the_raw_bytes_are_archived(all_re
     assert len(rows) == len(all_real_files["files"])
     by_key = {(row[0], row[1]): row for row in rows}
     for path in all_real_files["files"]:
-        _, _, sha256, landing_path, data_rows, blank_rows, loaded_rows, rejected = by_key[
-            season_and_division(path)
-        ]
+        _, _, sha256, landing_path, data_rows, blank_rows, loaded_rows, rejected = by_key[season_and_division(path)]
         raw = path.read_bytes()
         assert sha256 == hashlib.sha256(raw).hexdigest()
         assert Path(landing_path).read_bytes() == raw
@@ -137,10 +131,7 @@ def test_dates_times_and_odd_headers_land_typed_and_named_safely(all_real_files)
         )
     )
     assert times == {"20": "20:00:00", "19.3": "19:30:00", "20.15": "20:15:00"}
-    assert (
-        query("select home_team from raw_football.matches where home_team like 'Preu%'")[0][0]
-        == "Preußen Münster"
-    )
+    assert query("select home_team from raw_football.matches where home_team like 'Preu%'")[0][0] == "Preußen Münster"
 
 
 def test_dbt_standings_match_tables_computed_from_the_csv(all_real_files):
@@ -190,15 +181,13 @@ def test_a_corrected_file_updates_its_matches_in_place(data_dir, tmp_path):
     text = path.read_bytes().decode("utf-8-sig")
     first_match = text.splitlines()[1]
     assert first_match.startswith("E0,16/08/2024,20:00,Man United,Fulham,1,0,H")
-    path.write_bytes(
-        text.replace(first_match, first_match.replace("Fulham,1,0,H", "Fulham,2,0,H", 1)).encode()
-    )
+    path.write_bytes(text.replace(first_match, first_match.replace("Fulham,1,0,H", "Fulham,2,0,H", 1)).encode())
     report = load(str(site), ["2425"], ["E0"])
     assert report.loaded == ["2425/E0"]
     assert query("select count(*) from raw_football.matches")[0][0] == 261
-    assert query(
-        "select fthg from raw_football.matches where home_team = 'Man United' and away_team = 'Fulham'"
-    ) == [("2",)]
+    assert query("select fthg from raw_football.matches where home_team = 'Man United' and away_team = 'Fulham'") == [
+        ("2",)
+    ]
     assert len(list((data_dir / "landing" / "football_csv" / "2425" / "E0").glob("*.csv"))) == 2
 
 
