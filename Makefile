@@ -20,12 +20,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 DBT := $(BIN)/dbt
 
-.PHONY: help setup load build docs run test lint clean
+.PHONY: help setup load build report docs run test lint clean
 
 help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline)"
 	@echo "make test   set up and run the test suite"
-	@echo "make load | build | docs | lint | clean"
+	@echo "make load | build | report | docs | lint | clean"
 
 setup: $(SETUP_STAMP)
 
@@ -38,9 +38,13 @@ $(SETUP_STAMP): pyproject.toml constraints.txt
 
 load: setup
 	$(BIN)/python -m loaders football-csv
+	$(BIN)/python -m loaders football-api
 
 build: setup
 	$(DBT) build
+
+report: setup
+	$(BIN)/python -m orchestration.report
 
 docs: setup
 	$(DBT) docs generate
@@ -48,10 +52,11 @@ docs: setup
 
 run: setup
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory load build && \
+	$(MAKE) --no-print-directory load build report && \
 	echo && \
 	echo "Pipeline finished in $$(( $$(date +%s) - start ))s." && \
-	echo "Warehouse: $(ELT_DATA_DIR)/warehouse.duckdb (schemas raw_football, staging, marts)" && \
+	echo "Warehouse: $(ELT_DATA_DIR)/warehouse.duckdb (schemas raw_football, raw_football_api, staging, marts)" && \
+	echo "Reports:   $(ELT_DATA_DIR)/reports/" && \
 	echo "Query it:  $(BIN)/python -c \"import duckdb; print(duckdb.connect('$(ELT_DATA_DIR)/warehouse.duckdb').sql('select * from marts.fct_standings limit 10'))\"" && \
 	echo "Docs:      make docs, then open http://127.0.0.1:$(DOCS_PORT)"
 

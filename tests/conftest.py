@@ -109,3 +109,16 @@ def replay_api() -> Iterator:
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+def lay_out_api_recordings(base: Path) -> Path:
+    """The shared football_api recordings as a file:// mirror of the API under <base>/v4."""
+    from loaders.http import file_for_url
+
+    from .api_replay import recorded_routes
+
+    for path, recording in recorded_routes().items():
+        target = file_for_url(f"file://{base}{path}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(recording, target)
+    return base / "v4"

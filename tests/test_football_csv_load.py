@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import re
 import threading
 from collections import defaultdict
@@ -14,10 +15,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from loaders.football_api import football_api
 from loaders.football_csv import FootballCsvError, LoadReport, football_csv
 from loaders.settings import pipeline, warehouse_path
+from orchestration.report import export_reports
 
-from .conftest import lay_out_as_site, real_csv_files, run_dbt, season_and_division
+from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, run_dbt, season_and_division
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +60,17 @@ def expected_table(path: Path) -> dict[str, tuple[int, int, int]]:
 
 @pytest.fixture(scope="module")
 def all_real_files(module_data_dir: Path, tmp_path_factory) -> dict:
-    """Every shared real CSV loaded once into one warehouse; dbt built on top of it."""
+    """Every shared real CSV and API recording loaded into one warehouse; dbt built on top."""
     files = real_csv_files()
     site = lay_out_as_site(files, tmp_path_factory.mktemp("site"))
     pairs = sorted({season_and_division(path) for path in files})
     reports = [load(str(site), [season], [division]) for season, division in pairs]
-    run_dbt("build", data_dir=module_data_dir)
-    return {"files": files, "site": site, "reports": reports}
+    api_base = lay_out_api_recordings(tmp_path_factory.mktemp("api"))
+    pipeline("football_api", "raw_football_api").run(
+        football_api(competitions=["BL1", "BSA"], season=2022, base_url=str(api_base))
+    )
+    build = run_dbt("build", data_dir=module_data_dir)
+    return {"files": files, "site": site, "reports": reports, "dbt": build, "data_dir": module_data_dir}
 
 
 def test_every_real_file_loads_all_its_rows(all_real_files):
@@ -160,6 +167,58 @@ def test_dbt_marts_cover_every_loaded_match(all_real_files):
     assert query("select count(*) from marts.dim_seasons")[0][0] == len(
         {season_and_division(path)[0] for path in all_real_files["files"]}
     )
+
+
+def test_teams_are_conformed_across_both_sources(all_real_files):
+    conformed = dict(
+        query(
+            "select names.football_data_team_name, teams.api_team_id "
+            "from intermediate.int_teams__football_data_names as names "
+            "join marts.dim_teams as teams on names.team_key = teams.team_key"
+        )
+    )
+    # 1819_D1 spells them the football-data.co.uk way; the BL1 2022 recording has their API ids.
+    assert conformed["Bayern Munich"] == 5
+    assert conformed["Dortmund"] == 4
+    assert conformed["M'gladbach"] == 18
+    assert conformed["Schalke 04"] == 6
+    assert conformed["Man United"] is None  # mapped in the seed, but no PL teams are loaded
+    keys = query(
+        "select count(distinct home_team_key) from marts.fct_matches "
+        "where home_team_name in ('Bayern Munich', 'Dortmund') and division_code = 'D1'"
+    )
+    assert keys == [(2,)]
+    assert query("select count(*) from marts.dim_teams where is_known_to_api") == [(38,)]
+
+
+def test_mapping_coverage_warns_with_the_unmapped_names(all_real_files):
+    results = json.loads((all_real_files["data_dir"] / "dbt_target" / "run_results.json").read_text())
+    coverage = next(r for r in results["results"] if r["unique_id"].endswith("assert_football_data_teams_are_mapped"))
+    assert coverage["status"] == "warn" and coverage["failures"] == 3
+    unmapped = query("select unmapped_team_name from test_failures.assert_football_data_teams_are_mapped order by 1")
+    # D1 2018/19 clubs that are not in the loaded BL1 2022/23 recording.
+    assert unmapped == [("Fortuna Dusseldorf",), ("Hannover",), ("Nurnberg",)]
+
+
+def test_competition_facts_and_the_exported_report(all_real_files, tmp_path):
+    assert query("select count(*), count(distinct team_id) from marts.fct_competition_teams") == [(38, 38)]
+    assert query("select count(*) from marts.fct_api_matches where is_finished") == [(54,)]
+    written = export_reports(tmp_path)
+    assert [path.name for path in written] == ["teams_per_competition.csv", "league_leaders.csv"]
+    teams = list(csv.DictReader(written[0].open(encoding="utf-8")))
+    assert [(row["competition_code"], row["season"], row["teams"]) for row in teams] == [
+        ("BL1", "2022", "18"),
+        ("BSA", "2022", "20"),
+    ]
+    leaders = {(row["division_code"], row["season_label"]): row for row in csv.DictReader(written[1].open())}
+    assert leaders[("E0", "1993/94")]["leader"] == "Man United" and leaders[("E0", "1993/94")]["points"] == "92"
+    assert len(leaders) == len(all_real_files["files"])
+    manifest = json.loads((all_real_files["data_dir"] / "dbt_target" / "manifest.json").read_text())
+    exposure = manifest["exposures"]["exposure.elt.football_summary_report"]
+    assert sorted(exposure["depends_on"]["nodes"]) == [
+        "model.elt.rpt_league_leaders",
+        "model.elt.rpt_teams_per_competition",
+    ]
 
 
 def test_reloading_unchanged_files_changes_nothing(data_dir, tmp_path):

@@ -1,6 +1,6 @@
-{#- The raw tables grow columns as files of newer eras load (schema evolution), so a staging
-    model may meet a table without, say, `referee`. These macros select such a column when it
-    exists and a null otherwise. -#}
+{#- The raw tables grow columns as new data arrives (schema evolution; dlt only creates a column
+    once a value is non-null), so a staging model may meet a table without, say, `referee`.
+    These macros select such a column when it exists and a typed null otherwise. -#}
 
 {% macro existing_columns(relation) -%}
     {%- if not execute -%}
@@ -13,11 +13,14 @@
     {{ return(names) }}
 {%- endmacro %}
 
-{% macro column_or_null(existing, column_name) -%}
-    {%- if column_name in existing -%}
+{% macro column_or_null(existing, column_name, data_type=none) -%}
+    {%- set type = data_type or dbt.type_string() -%}
+    {%- if column_name in existing and data_type is none -%}
         {{ adapter.quote(column_name) }}
+    {%- elif column_name in existing -%}
+        cast({{ adapter.quote(column_name) }} as {{ type }})
     {%- else -%}
-        cast(null as {{ dbt.type_string() }})
+        cast(null as {{ type }})
     {%- endif -%}
 {%- endmacro %}
 

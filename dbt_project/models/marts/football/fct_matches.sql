@@ -6,6 +6,12 @@ matches as (
 
 ),
 
+team_keys as (
+
+    select * from {{ ref('int_teams__football_data_names') }}
+
+),
+
 final as (
 
     select
@@ -19,6 +25,8 @@ final as (
         kickoff_time,
         home_team_name,
         away_team_name,
+        home_teams.team_key as home_team_key,
+        away_teams.team_key as away_team_key,
         home_goals,
         away_goals,
         result,
@@ -46,6 +54,10 @@ final as (
         average_draw_odds,
         average_away_win_odds
     from matches
+    left join team_keys as home_teams
+        on matches.home_team_name = home_teams.football_data_team_name
+    left join team_keys as away_teams
+        on matches.away_team_name = away_teams.football_data_team_name
 
 )
 

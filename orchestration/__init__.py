@@ -1,0 +1,1 @@
+"""Running the pipeline: reports now; Prefect flows and schedules as they arrive."""
