@@ -20,12 +20,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 DBT := $(BIN)/dbt
 
-.PHONY: help setup load build report docs run test lint clean
+.PHONY: help setup load build report docs query run test lint clean
 
 help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline)"
 	@echo "make test   set up and run the test suite"
-	@echo "make load | build | report | docs | lint | clean"
+	@echo "make load | build | report | docs | query | lint | clean"
 
 setup: $(SETUP_STAMP)
 
@@ -39,9 +39,16 @@ $(SETUP_STAMP): pyproject.toml constraints.txt
 load: setup
 	$(BIN)/python -m loaders football-csv
 	$(BIN)/python -m loaders football-api
+	$(BIN)/python -m loaders vehicles stage-sample
+	$(BIN)/python -m loaders vehicles discover
+	$(BIN)/python -m spark_jobs.vehicle_lake
+	$(BIN)/python -m loaders vehicles load
 
 build: setup
 	$(DBT) build
+
+query: setup
+	$(BIN)/python -m loaders.query
 
 report: setup
 	$(BIN)/python -m orchestration.report

@@ -7,6 +7,7 @@ python -m loaders football-api --competitions PL,BL1 --season 2024
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -14,6 +15,8 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import football_api, football_csv
 from loaders.settings import data_dir, pipeline, target
+from loaders.vehicles import files as vehicle_files
+from loaders.vehicles.registry import Registry, RegistryError
 
 
 def _football_csv(args: argparse.Namespace) -> int:
@@ -61,6 +64,49 @@ def _football_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vehicles(args: argparse.Namespace) -> int:
+    if args.step == "stage-sample":
+        staged = vehicle_files.stage_sample()
+        print(f"vehicles: {len(staged)} sample files copied to {vehicle_files.state_dir('incoming')}")
+    elif args.step == "discover":
+        report = vehicle_files.discover()
+        print(
+            f"vehicles: {len(report.processing)} to process, {len(report.pending)} pending, "
+            f"{len(report.failed)} failed, new types: {', '.join(report.registered) or 'none'}"
+        )
+    else:
+        from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+
+        print(pipeline("vehicles_lake", DATASET).run(vehicles_lake()))
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    registry = Registry()
+    registry.sync_seed()
+    if args.action == "list":
+        print(f"{'file_type':<24} {'table':<24} {'status':<9} time column")
+        for item in registry.list():
+            print(f"{item.file_type:<24} {item.table_name:<24} {item.status:<9} {item.time_column or '-'}")
+    elif args.action == "show":
+        item = registry.get(args.file_type)
+        print(
+            json.dumps(
+                {
+                    "file_type": item.file_type,
+                    "table_name": item.table_name,
+                    "status": item.status,
+                    **item.definition(),
+                },
+                indent=2,
+            )
+        )
+    else:
+        item = registry.set_status(args.file_type, "active" if args.action == "activate" else "inactive")
+        print(f"{item.file_type} is now {item.status}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loaders", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,12 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
     api_source.add_argument("--live", action="store_true", help=f"call {football_api.LIVE_BASE_URL} (needs a token)")
     api_cmd.add_argument("--calls-per-minute", type=int, help="client-side rate limit for live calls (default 10)")
     api_cmd.set_defaults(handler=_football_api)
+
+    vehicles_cmd = commands.add_parser("vehicles", help="vehicle files: discover, or load the lake into the warehouse")
+    vehicles_cmd.add_argument(
+        "step",
+        choices=["stage-sample", "discover", "load"],
+        help="stage-sample: copy data/sample/vehicles to incoming/; discover: sort incoming/ by registry; "
+        "load: new lake rows into raw_vehicles (the lake itself is written by python -m spark_jobs.vehicle_lake)",
+    )
+    vehicles_cmd.set_defaults(handler=_vehicles)
+
+    registry_cmd = commands.add_parser("registry", help="the vehicle file-type registry (meta.file_types)")
+    registry_cmd.add_argument("action", choices=["list", "show", "activate", "deactivate"])
+    registry_cmd.add_argument("file_type", nargs="?")
+    registry_cmd.set_defaults(handler=_registry)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "action", "list") != "list" and not args.file_type:
+        parser.error(f"registry {args.action} needs a file type")
     print(f"target={target()} data_dir={data_dir()}")
     try:
         return args.handler(args)
@@ -104,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-KNOWN_ERRORS = (football_csv.FootballCsvError, football_api.FootballApiError)
+KNOWN_ERRORS = (football_csv.FootballCsvError, football_api.FootballApiError, RegistryError)
 
 
 def _known_cause(error: BaseException) -> BaseException | None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from loaders.settings import data_dir
-from orchestration.warehouse import query
+from loaders.warehouse import query
 
 REPORTS = {
     "teams_per_competition.csv": "select * from marts.rpt_teams_per_competition order by season, competition_code",

@@ -1,0 +1,94 @@
+"""An interactive SQL prompt over the lake and the warehouse (DuckDB + its iceberg extension).
+
+    python -m loaders.query                                  # or: make query
+    python -m loaders.query -c "select * from vehicle_events limit 10"
+
+Lake tables appear by name (vehicle_events, vehicle_status, ...) as views over their current
+Iceberg snapshot; warehouse schemas (marts, staging, raw_*) are attached read-only. The iceberg
+and avro extensions come from the PyPI wheels duckdb-extension-iceberg/-avro, as DuckDB cannot
+download extensions here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import duckdb
+
+from loaders.settings import target, warehouse_path
+from loaders.vehicles.lake import NAMESPACE, catalog
+
+EXTENSION_PACKAGES = ("duckdb_extension_avro", "duckdb_extension_iceberg")
+WAREHOUSE_SCHEMAS = ("marts", "intermediate", "staging", "raw_vehicles", "raw_football", "raw_football_api", "meta")
+
+
+def load_extensions(connection: duckdb.DuckDBPyConnection) -> None:
+    for package in EXTENSION_PACKAGES:
+        folder = Path(importlib.import_module(package).__file__).parent / "extensions" / f"v{duckdb.__version__}"
+        (extension,) = folder.glob("*.duckdb_extension")
+        connection.execute(f"load '{extension}'")
+
+
+def open_session() -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect()
+    load_extensions(connection)
+    connection.execute("create schema lake")
+    lake = catalog()
+    for (_, name) in lake.list_tables(NAMESPACE):
+        metadata = lake.load_table(f"{NAMESPACE}.{name}").metadata_location
+        connection.execute(f"create view lake.{name} as select * from iceberg_scan('{metadata}')")
+    search_path = ["memory.lake"]
+    if target() == "duckdb" and warehouse_path().exists():
+        connection.execute(f"attach '{warehouse_path()}' as warehouse (read_only)")
+        search_path += [f"warehouse.{schema}" for schema in WAREHOUSE_SCHEMAS]
+    connection.execute(f"set search_path = '{','.join(search_path)}'")
+    return connection
+
+
+def run_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> None:
+    try:
+        relation = connection.sql(sql)
+        if relation is not None:
+            relation.show(max_rows=50)
+    except duckdb.Error as error:
+        print(f"error: {error}", file=sys.stderr)
+
+
+def repl(connection: duckdb.DuckDBPyConnection) -> None:
+    try:
+        import readline  # noqa: F401 (line editing and history for input())
+    except ImportError:
+        pass
+    print("SQL over the lake (lake.*) and the warehouse; end statements with ';', quit with .quit or Ctrl-D")
+    buffer: list[str] = []
+    while True:
+        try:
+            line = input("sql> " if not buffer else "...> ")
+        except EOFError:
+            print()
+            return
+        if not buffer and line.strip() in (".quit", ".exit", "\\q"):
+            return
+        buffer.append(line)
+        if line.rstrip().endswith(";"):
+            run_statement(connection, "\n".join(buffer))
+            buffer.clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loaders.query", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--command", help="run one statement and exit")
+    args = parser.parse_args(argv)
+    connection = open_session()
+    if args.command:
+        run_statement(connection, args.command)
+    else:
+        repl(connection)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

