@@ -37,7 +37,7 @@ def open_session() -> duckdb.DuckDBPyConnection:
     load_extensions(connection)
     connection.execute("create schema lake")
     lake = catalog()
-    for (_, name) in lake.list_tables(NAMESPACE):
+    for _, name in lake.list_tables(NAMESPACE):
         metadata = lake.load_table(f"{NAMESPACE}.{name}").metadata_location
         connection.execute(f"create view lake.{name} as select * from iceberg_scan('{metadata}')")
     search_path = ["memory.lake"]

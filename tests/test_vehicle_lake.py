@@ -1,0 +1,295 @@
+"""Vehicles end to end with real Spark, pyiceberg, DuckDB and dbt: JSON → Iceberg → warehouse."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from loaders.query import load_extensions
+from loaders.settings import pipeline, warehouse_path
+from loaders.vehicles.files import discover, state_dir
+from loaders.vehicles.generate import generate
+from loaders.vehicles.lake import NAMESPACE, catalog, committed_files
+from loaders.vehicles.registry import Registry
+from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+from spark_jobs.vehicle_lake import run as run_lake_job
+
+from .conftest import run_dbt
+from .vehicles_helpers import (
+    count_files,
+    expected_daily_summary,
+    good_events,
+    lake_counts_per_day,
+    lake_rows,
+    warehouse_counts_per_day,
+)
+
+pytestmark = pytest.mark.integration
+VEHICLE_MODELS = "+path:models/marts/vehicles"
+
+
+def load_lake_into_warehouse():
+    return pipeline("vehicles_lake", DATASET).run(vehicles_lake())
+
+
+def table(name: str):
+    return catalog().load_table(f"{NAMESPACE}.{name}")
+
+
+@pytest.fixture(scope="module")
+def quirky(module_data_dir: Path) -> dict:
+    """A batch full of real-world defects, discovered and processed once."""
+    manifest = generate(state_dir("incoming"), files=6, events_per_file=300, seed=3, quirks=True)
+    discovery = discover()
+    reports = {report.file_type: report for report in run_lake_job()}
+    return {"manifest": manifest, "discovery": discovery, "reports": reports, "data_dir": module_data_dir}
+
+
+def test_every_good_record_lands_and_every_bad_one_is_rejected_with_its_reason(quirky):
+    manifest = quirky["manifest"]
+    assert len(lake_rows("vehicle_events")) == manifest.good["vehicles_events"]
+    assert len(lake_rows("vehicle_status")) == manifest.good["vehicles_status"]
+    for table_name, file_type in (
+        ("vehicle_events_rejected", "vehicles_events"),
+        ("vehicle_status_rejected", "vehicles_status"),
+    ):
+        rejected = lake_rows(table_name)
+        assert len(rejected) == len(manifest.rejected[file_type]) > 0
+        assert all(row["reason"].startswith("vehicle_id does not match ^[0-9a-fA-F]+$: VH-") for row in rejected)
+        assert all(json.loads(row["raw_record"])["vehicle_id"].startswith("VH-") for row in rejected)
+        assert all(row["source_file"].startswith(file_type) and row["source_position"] >= 0 for row in rejected)
+    # The misspelled key still delivers the extra data; naive and millisecond times are parsed.
+    events = lake_rows("vehicle_events")
+    assert all(row["event_extra_data"] and json.loads(row["event_extra_data"])["location"] for row in events)
+    assert any(row["event_time"].microsecond for row in events)
+
+
+def test_bad_files_go_to_failed_with_a_reason_and_nothing_is_lost(quirky):
+    manifest = quirky["manifest"]
+    failed = {}
+    for file_type in ("vehicles_events", "vehicles_status"):
+        for error_file in state_dir("failed", file_type).glob("*.error.json"):
+            error = json.loads(error_file.read_text())
+            failed[error["file"]] = error["reason"]
+            assert (error_file.parent / error["file"]).exists()
+    assert failed.keys() == manifest.failed_files.keys()
+    for name, reason in manifest.failed_files.items():
+        assert failed[name].startswith(reason)
+    processed = count_files(state_dir("processed", "vehicles_events")) + count_files(
+        state_dir("processed", "vehicles_status")
+    )
+    assert processed + len(failed) == len(set(manifest.files))
+    assert count_files(state_dir("processing", "vehicles_events")) == count_files(state_dir("incoming")) == 0
+
+
+def test_the_lake_is_a_valid_iceberg_table_partitioned_by_day_with_one_snapshot_per_batch(quirky):
+    events = table("vehicle_events")
+    assert [field.transform.__class__.__name__ for field in events.spec().fields] == ["DayTransform"]
+    assert events.schema().find_field(events.spec().fields[0].source_id).name == "event_time"
+    assert len(events.metadata.snapshots) == 1
+    summary = events.current_snapshot().summary
+    assert summary["elt.batch-id"] == quirky["reports"]["vehicles_events"].batch_id
+    assert committed_files(events) == set(quirky["reports"]["vehicles_events"].committed_files)
+    # Every data file holds exactly one day: its partition value equals its rows' day.
+    days_per_file = Counter()
+    for task in events.scan().plan_files():
+        day_number = task.file.partition[0]
+        rows = duckdb.sql(
+            f"select distinct cast(event_time at time zone 'UTC' as date) from '{task.file.file_path.removeprefix('file://')}'"
+        ).fetchall()
+        assert [(row[0] - datetime(1970, 1, 1).date()).days for row in rows] == [day_number]
+        days_per_file[day_number] += 1
+    assert set(days_per_file.values()) == {1}
+    # DuckDB reads the same table through its iceberg extension (from the PyPI wheels).
+    connection = duckdb.connect()
+    load_extensions(connection)
+    count = connection.sql(f"select count(*) from iceberg_scan('{events.metadata_location}')").fetchone()[0]
+    assert count == len(lake_rows("vehicle_events"))
+
+
+def test_lake_counts_per_day_equal_warehouse_counts_per_day(quirky):
+    load_lake_into_warehouse()
+    for table_name, time_column in (("vehicle_events", "event_time"), ("vehicle_status", "report_time")):
+        lake = lake_counts_per_day(table_name, time_column)
+        assert warehouse_counts_per_day(warehouse_path(), table_name, time_column) == lake
+    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
+        rejected = connection.sql("select count(*) from raw_vehicles.vehicle_events_rejected").fetchone()[0]
+    assert rejected == len(quirky["manifest"].rejected["vehicles_events"])
+    load_lake_into_warehouse()  # nothing new committed: nothing loaded twice
+    assert warehouse_counts_per_day(warehouse_path(), "vehicle_events", "event_time") == lake_counts_per_day(
+        "vehicle_events", "event_time"
+    )
+
+
+def test_rerunning_and_redelivering_a_batch_changes_nothing(quirky):
+    snapshots = len(table("vehicle_events").metadata.snapshots)
+    assert run_lake_job() == []  # nothing waiting: Spark is not even started
+    processed = state_dir("processed", "vehicles_events")
+    redelivered = sorted(processed.glob("*.json"))[:2]
+    for path in redelivered:
+        shutil.copyfile(path, state_dir("incoming") / path.name)
+    report = discover()
+    assert sorted(report.failed) == sorted(path.name for path in redelivered)
+    error = json.loads((state_dir("failed", "vehicles_events") / f"{redelivered[0].name}.error.json").read_text())
+    assert error["reason"] == "duplicate delivery" and "same content" in error["detail"]
+    assert run_lake_job() == []
+    assert len(table("vehicle_events").metadata.snapshots) == snapshots
+
+
+def test_dbt_daily_summary_is_right_and_a_late_file_recomputes_only_its_days(quirky):
+    data_dir = quirky["data_dir"]
+    load_lake_into_warehouse()
+    run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
+    processed = state_dir("processed", "vehicles_events")
+    assert summary(data_dir) == expected_daily_summary(good_events(processed))
+    before = batches(data_dir)
+
+    # A late file: events for one early day, at the end of that day, arriving after everything.
+    late_day = min(day for (_, day) in before)
+    late = generate(
+        state_dir("incoming"),
+        files=1,
+        events_per_file=40,
+        seed=99,
+        start=datetime.fromisoformat(f"{late_day}T22:00:00+00:00"),
+    )
+    assert late.files
+    discover()
+    run_lake_job()
+    load_lake_into_warehouse()
+    run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
+
+    assert summary(data_dir) == expected_daily_summary(good_events(processed))
+    after = batches(data_dir)
+    changed = {key for key in after if after[key] != before.get(key)}
+    assert changed and all(day in (late_day, next_day(late_day)) for (_, day) in changed)
+    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
+        fct, distinct = connection.sql(
+            "select count(*), count(distinct event_id) from marts.fct_vehicle_events"
+        ).fetchone()
+    assert fct == distinct == len({event_identity(event) for event in good_events(processed)})
+
+
+def event_identity(event: dict) -> tuple:
+    extra = event.get("event_extra_data", event.get("event_extra_data:"))
+    canonical = json.dumps(extra, sort_keys=True, separators=(",", ":"))
+    return event["vehicle_id"], event["at"], event["event_type"], event["event_source"], event["event_value"], canonical
+
+
+def next_day(day: str) -> str:
+    from datetime import date, timedelta
+
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+def summary(data_dir: Path) -> dict:
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
+        rows = connection.sql(
+            "select vehicle_id, day::varchar, last_event_time, last_event_type from marts.daily_summary"
+        ).fetchall()
+    return {(vehicle, day): (moment.astimezone(UTC), kind) for vehicle, day, moment, kind in rows}
+
+
+def batches(data_dir: Path) -> dict:
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
+        rows = connection.sql("select vehicle_id, day::varchar, last_batch_id from marts.daily_summary").fetchall()
+    return {(vehicle, day): batch for vehicle, day, batch in rows}
+
+
+def test_a_new_file_type_is_processed_after_activation_with_no_code_change(data_dir):
+    incoming = state_dir("incoming")
+    incoming.mkdir(parents=True)
+    trips = [
+        {"vehicle_id": "ab12cd", "trip_start": "2025-11-08T08:00:00Z", "distance_km": 12.5, "route": {"stops": 3}},
+        {"vehicle_id": "ab12cd", "trip_start": "2025-11-09T09:30:00Z", "distance_km": 4.0, "route": {"stops": 1}},
+        {"vehicle_id": "ef34ab", "trip_start": "2025-11-09T10:00:00Z", "distance_km": 30.25, "route": None},
+    ]
+    (incoming / "vehicles_trips_20251109120000.json").write_text(json.dumps({"vehicles_trips": trips}))
+    assert discover().registered == ["vehicles_trips"]
+    assert run_lake_job() == []  # inactive: parked in pending/
+    assert count_files(state_dir("pending", "vehicles_trips")) == 1
+
+    Registry().set_status("vehicles_trips", "active")
+    assert discover().processing == ["vehicles_trips_20251109120000.json"]
+    (report,) = run_lake_job()
+    assert report.rows == 3 and report.rejected == 0
+    rows = sorted(lake_rows("vehicles_trips"), key=lambda row: row["trip_start"])
+    assert [(row["vehicle_id"], row["distance_km"]) for row in rows] == [
+        ("ab12cd", 12.5),
+        ("ab12cd", 4.0),
+        ("ef34ab", 30.25),
+    ]
+    assert json.loads(rows[0]["route"]) == {"stops": 3}
+    load_lake_into_warehouse()
+    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
+        assert connection.sql("select count(*) from raw_vehicles.vehicles_trips").fetchone()[0] == 3
+
+
+def _lake_job(data_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "spark_jobs.vehicle_lake"],
+        env={**os.environ, "ELT_DATA_DIR": str(data_dir)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes the JVM down too
+    )
+
+
+def _kill_when(job: subprocess.Popen, condition, timeout: float = 240) -> bool:
+    """SIGKILL the job's whole process group as soon as `condition()` holds; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if job.poll() is not None:
+            return False
+        if condition():
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=30)
+            return True
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)
+    raise AssertionError("the lake job neither reached the kill point nor ended")
+
+
+def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir):
+    manifest = generate(state_dir("incoming"), files=8, events_per_file=1500, seed=21, quirks=True)
+    discover()
+    events_data = data_dir / "lake" / NAMESPACE / "vehicle_events" / "data"
+    kill_points = {
+        "JVM starting": lambda: time.monotonic() - started > 1.5,
+        "Parquet being written": lambda: any(events_data.glob("batch_id=*/_temporary")),
+        "Parquet written, not yet committed": lambda: any(events_data.glob("batch_id=*/*/*.parquet")),
+    }
+    killed = []
+    for name, condition in kill_points.items():
+        started = time.monotonic()
+        if _kill_when(_lake_job(data_dir), condition):
+            killed.append(name)
+    print(f"killed at: {killed}")
+    assert "JVM starting" in killed and "Parquet being written" in killed, killed
+    assert _lake_job(data_dir).wait(timeout=300) == 0
+
+    assert len(lake_rows("vehicle_events")) == manifest.good["vehicles_events"]
+    assert len(lake_rows("vehicle_status")) == manifest.good["vehicles_status"]
+    assert len(lake_rows("vehicle_events_rejected")) == len(manifest.rejected["vehicles_events"])
+    positions = [(row["source_file"], row["source_position"]) for row in lake_rows("vehicle_events")]
+    assert len(positions) == len(set(positions))  # no record committed twice
+    accounted = sum(
+        count_files(state_dir(s, t)) for s in ("processed", "failed") for t in ("vehicles_events", "vehicles_status")
+    )
+    assert accounted == len(set(manifest.files))
+    assert (
+        count_files(state_dir("processing", "vehicles_events"))
+        == count_files(state_dir("processing", "vehicles_status"))
+        == 0
+    )

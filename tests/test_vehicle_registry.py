@@ -1,0 +1,123 @@
+"""The vehicle file-type registry and file naming rules (real DuckDB, no Spark)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loaders.vehicles.files import discover, file_type_of, state_dir
+from loaders.vehicles.registry import (
+    FileType,
+    Registry,
+    RegistryError,
+    infer_file_type,
+    records_of,
+    seed_file_types,
+    validate_identifier,
+)
+
+
+def test_the_seed_defines_events_and_status():
+    seed = {item.file_type: item for item in seed_file_types()}
+    assert seed["vehicles_events"].table_name == "vehicle_events"
+    assert seed["vehicles_status"].table_name == "vehicle_status"
+    assert seed["vehicles_events"].time_column == "event_time"
+    assert seed["vehicles_events"].field("event_extra_data").aliases == ("event_extra_data:",)
+    assert all(item.is_active for item in seed.values())
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["vehicles_events_20251108143712.json", "vehicles_status_20251108000000.json", "fleet_v2_20250101000000.json"],
+)
+def test_file_types_come_from_the_name(name):
+    assert file_type_of(name) == name.rsplit("_", 1)[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vehicles_events.json",
+        "vehicles_events_2025110814.json",
+        "../vehicles_events_20251108143712.json",
+        "vehicle events_20251108143712.json",
+        "x;drop table meta.file_types;--_20251108143712.json",
+        "Vehicles_20251108143712.json",
+        "_20251108143712.json",
+    ],
+)
+def test_unsafe_or_malformed_names_are_refused(name):
+    with pytest.raises(RegistryError):
+        file_type_of(name)
+
+
+@pytest.mark.parametrize("name", ["a-b", "1abc", "abc def", "x" * 64, "drop table;", ""])
+def test_identifiers_from_data_are_validated(name):
+    with pytest.raises(RegistryError, match="not a safe identifier"):
+        validate_identifier(name, "table name")
+
+
+def test_schema_inference_for_an_unknown_type():
+    document = {
+        "vehicles_trips": [
+            {"vehicle_id": "ab12", "started_at": "2025-11-08T14:37:12Z", "distance_km": 12.5, "passengers": 2},
+            {"vehicle_id": "cd34", "started_at": "2025-11-08T15:00:00", "distance_km": 3, "meta": {"a": 1}},
+        ]
+    }
+    inferred = infer_file_type("vehicles_trips", document)
+    types = {f.name: f.type for f in inferred.fields}
+    assert types == {
+        "vehicle_id": "string",
+        "started_at": "timestamp",
+        "distance_km": "double",
+        "passengers": "long",
+        "meta": "json",
+    }
+    assert inferred.time_column == "started_at" and inferred.status == "inactive"
+    assert inferred.record_keys == ("vehicles_trips",)
+    assert records_of(document["vehicles_trips"]) == (None, document["vehicles_trips"])
+    with pytest.raises(RegistryError, match="neither an array"):
+        records_of({"count": 3})
+
+
+def test_registry_round_trip_and_status_changes(data_dir):
+    registry = Registry()
+    registry.sync_seed()
+    assert [item.file_type for item in registry.list()] == ["vehicles_events", "vehicles_status"]
+    registry.set_status("vehicles_status", "inactive")
+    registry.sync_seed()  # a re-sync keeps the operator's choice
+    assert registry.get("vehicles_status").status == "inactive"
+    assert registry.get("vehicles_status").field("status").allowed[0] == "driving"
+    with pytest.raises(RegistryError, match="unknown file type 'nope'; registered: vehicles_events, vehicles_status"):
+        registry.get("nope")
+
+
+def test_a_type_without_a_timestamp_cannot_be_activated(data_dir):
+    registry = Registry()
+    registry.register(infer_file_type("vehicles_notes", [{"vehicle_id": "ab", "note": "x"}]), origin="inferred")
+    with pytest.raises(RegistryError, match="no timestamp field"):
+        registry.set_status("vehicles_notes", "active")
+
+
+def test_discovery_sorts_incoming_files(data_dir):
+    incoming = state_dir("incoming")
+    incoming.mkdir(parents=True)
+    (incoming / "vehicles_events_20251108000000.json").write_text('{"vehicles_events": []}')
+    (incoming / "vehicles_trips_20251108000000.json").write_text('[{"vehicle_id": "ab", "t": "2025-11-08T00:00:00Z"}]')
+    (incoming / "not a vehicle file.json").write_text("{}")
+    (incoming / "vehicles_gps_20251108000000.json").write_text("<html>")
+    report = discover()
+    assert report.processing == ["vehicles_events_20251108000000.json"]
+    assert report.pending == ["vehicles_trips_20251108000000.json"]
+    assert report.registered == ["vehicles_trips"]
+    assert sorted(report.failed) == ["not a vehicle file.json", "vehicles_gps_20251108000000.json"]
+    assert (state_dir("failed", "_unrecognised") / "not a vehicle file.json.error.json").exists()
+    assert (state_dir("pending", "vehicles_trips") / "vehicles_trips_20251108000000.json").exists()
+    assert Registry().get("vehicles_trips").status == "inactive"
+    assert not list(incoming.iterdir())
+
+
+def test_field_names_are_validated_in_definitions():
+    with pytest.raises(RegistryError, match="not a safe identifier"):
+        FileType.from_dict("vehicles_x", {"fields": [{"name": "bad name"}], "time_column": None})
+    with pytest.raises(RegistryError, match="reserved"):
+        FileType.from_dict("vehicles_x", {"fields": [{"name": "batch_id"}], "time_column": None})

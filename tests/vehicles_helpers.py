@@ -1,0 +1,72 @@
+"""Independent expectations for the vehicle tests, computed from the JSON files in Python."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from loaders.vehicles.lake import NAMESPACE, catalog
+
+HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def good_events(folder: Path) -> list[dict]:
+    """Every valid event record in the files of a folder (as the registry defines valid)."""
+    events = []
+    for path in sorted(folder.glob("vehicles_events_*.json")):
+        document = json.loads(path.read_bytes())
+        records = document if isinstance(document, list) else document["vehicles_events"]
+        for record in records:
+            if HEX.fullmatch(record["vehicle_id"]):
+                events.append({**record, "at": parse_time(record["event_time"])})
+    return events
+
+
+def expected_daily_summary(events: list[dict]) -> dict[tuple[str, str], tuple[datetime, str]]:
+    """(vehicle, day) -> (time, type) of the day's last event; same-instant ties by type."""
+    best: dict[tuple[str, str], tuple[datetime, str]] = {}
+    for event in events:
+        key = (event["vehicle_id"], event["at"].astimezone(UTC).date().isoformat())
+        candidate = (event["at"], event["event_type"])
+        current = best.get(key)
+        if current is None or candidate[0] > current[0] or (candidate[0] == current[0] and candidate[1] < current[1]):
+            best[key] = candidate
+    return best
+
+
+def lake_rows(table_name: str) -> list[dict]:
+    return catalog().load_table(f"{NAMESPACE}.{table_name}").scan().to_arrow().to_pylist()
+
+
+def lake_counts_per_day(table_name: str, time_column: str) -> Counter:
+    return Counter(row[time_column].astimezone(UTC).date().isoformat() for row in lake_rows(table_name))
+
+
+def warehouse_counts_per_day(warehouse: Path, table_name: str, time_column: str) -> Counter:
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        connection.execute("set timezone = 'UTC'")
+        rows = connection.sql(
+            f"select cast({time_column} as date)::varchar, count(*) from raw_vehicles.{table_name} group by 1"
+        ).fetchall()
+    return Counter(dict(rows))
+
+
+def count_files(folder: Path) -> int:
+    """Data files in a lifecycle folder (failed/ also holds <file>.error.json beside each)."""
+    if not folder.is_dir():
+        return 0
+    return sum(1 for path in folder.glob("*.json") if not path.name.endswith(".error.json"))
+
+
+def all_days_of(events: list[dict]) -> Counter:
+    return Counter(event["at"].astimezone(UTC).date().isoformat() for event in events)
