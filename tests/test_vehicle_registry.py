@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loaders.vehicles.files import discover, file_type_of, state_dir
+from loaders.vehicles.files import SAMPLE_DIR, discover, file_type_of, stage_sample, state_dir
 from loaders.vehicles.registry import (
     FileType,
     Registry,
@@ -121,3 +121,13 @@ def test_field_names_are_validated_in_definitions():
         FileType.from_dict("vehicles_x", {"fields": [{"name": "bad name"}], "time_column": None})
     with pytest.raises(RegistryError, match="reserved"):
         FileType.from_dict("vehicles_x", {"fields": [{"name": "batch_id"}], "time_column": None})
+
+
+def test_the_bundled_sample_is_staged_once(data_dir):
+    sample = sorted(path.name for path in SAMPLE_DIR.glob("*.json"))
+    assert len(sample) == 24
+    assert stage_sample() == sample
+    assert sorted(path.name for path in state_dir("incoming").iterdir()) == sample
+    discover()
+    assert stage_sample() == []  # already in processing/: not delivered again
+    assert not list(state_dir("incoming").iterdir())

@@ -153,7 +153,7 @@ def stage_sample(source: Path = SAMPLE_DIR) -> list[str]:
     lifecycle, so `make run` can be repeated without duplicate deliveries."""
     staged = []
     for path in sorted(source.glob("*.json")):
-        if any((data_dir() / state).rglob(path.name) for state in STATES):
+        if any(next((data_dir() / state).rglob(path.name), None) for state in STATES):
             continue
         state_dir("incoming").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, state_dir("incoming") / path.name)
