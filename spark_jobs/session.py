@@ -50,9 +50,15 @@ def spark_session(app_name: str, master: str | None = None):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name).master(master or os.environ.get("SPARK_MASTER", "local[*]"))
+    from pyspark import SparkConf
+
+    builder = SparkSession.builder.appName(app_name)
+    if master or not SparkConf().contains("spark.master"):  # spark-submit's --master wins
+        builder = builder.master(master or os.environ.get("SPARK_MASTER", "local[*]"))
     for key, value in SPARK_DEFAULTS.items():
         builder = builder.config(key, value)
+    # Only takes effect when this process starts the JVM (not under spark-submit).
+    builder = builder.config("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "2g"))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
