@@ -17,6 +17,8 @@ export DO_NOT_TRACK := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 export RUNTIME__DLTHUB_TELEMETRY := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Prefect's local state (its SQLite API database) beside the data, not in ~/.prefect.
+export PREFECT_HOME ?= $(ELT_DATA_DIR)/.prefect
 
 DBT := $(BIN)/dbt
 
@@ -58,14 +60,7 @@ docs: setup
 	$(DBT) docs serve --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
 
 run: setup
-	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory load build report && \
-	echo && \
-	echo "Pipeline finished in $$(( $$(date +%s) - start ))s." && \
-	echo "Warehouse: $(ELT_DATA_DIR)/warehouse.duckdb (schemas raw_football, raw_football_api, staging, marts)" && \
-	echo "Reports:   $(ELT_DATA_DIR)/reports/" && \
-	echo "Query it:  $(BIN)/python -c \"import duckdb; print(duckdb.connect('$(ELT_DATA_DIR)/warehouse.duckdb').sql('select * from marts.fct_standings limit 10'))\"" && \
-	echo "Docs:      make docs, then open http://127.0.0.1:$(DOCS_PORT)"
+	$(BIN)/python -m orchestration.flows
 
 test: setup
 	$(BIN)/python -m pytest

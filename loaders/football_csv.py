@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
+from time import sleep
 from urllib.parse import urlparse
 
 import dlt
@@ -360,6 +361,7 @@ def football_csv(
     base_url: str = LIVE_BASE_URL,
     force: bool = False,
     report: LoadReport | None = None,
+    request_delay: float = 0.0,
 ):
     """football-data.co.uk results for every season × division.
 
@@ -369,10 +371,11 @@ def football_csv(
         base_url: the live site, a local folder or a file:// URL laid out as <season>/<division>.csv.
         force: re-load files even when they are unchanged since the last load.
         report: filled in with what happened to each file.
+        request_delay: seconds to wait between downloads (politeness for backfills over HTTP).
     """
     season_list = [parse_season(code).code for code in _as_list(seasons)]
     division_list = validate_divisions(_as_list(divisions))
-    files = season_files(season_list, division_list, base_url, force, report or LoadReport())
+    files = season_files(season_list, division_list, base_url, force, report or LoadReport(), request_delay)
     return (
         files | matches,
         files | rejected_rows,
@@ -389,7 +392,7 @@ def _as_list(value: str | Sequence[str]) -> list[str]:
 
 @dlt.resource(selected=False)
 def season_files(
-    seasons: list[str], divisions: list[str], base_url: str, force: bool, report: LoadReport
+    seasons: list[str], divisions: list[str], base_url: str, force: bool, report: LoadReport, request_delay: float
 ) -> Iterator[ParsedFile]:
     """Fetch, archive and parse each file that changed since the last successful load.
 
@@ -401,6 +404,8 @@ def season_files(
         for division in divisions:
             name = f"{season}/{division}"
             location = file_location(base_url, season, division)
+            if request_delay and _is_http(location) and (report.loaded or report.unchanged or report.missing):
+                sleep(request_delay)
             previous = {} if force else known.get(name, {})
             fetched = fetch(location, previous)
             if fetched is None:

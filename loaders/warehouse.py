@@ -22,10 +22,10 @@ def connect(read_only: bool = True) -> Iterator:
     else:
         import duckdb
 
-        if read_only and not warehouse_path().exists():
-            read_only = False  # DuckDB cannot open a missing file read-only; this creates it
         warehouse_path().parent.mkdir(parents=True, exist_ok=True)
-        connection = duckdb.connect(str(warehouse_path()), read_only=read_only)
+        # Always opened read-write: DuckDB refuses a second connection with another
+        # configuration in the same process (dbt and dlt run in-process in the flows).
+        connection = duckdb.connect(str(warehouse_path()))
     try:
         if not read_only and target() == "duckdb":
             connection.execute("begin transaction")

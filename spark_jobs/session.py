@@ -48,9 +48,8 @@ def spark_session(app_name: str, master: str | None = None):
     """A SparkSession on SPARK_MASTER (default local[*]); an active one is reused (spark-submit)."""
     os.environ["JAVA_HOME"] = java_home()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
-
     from pyspark import SparkConf
+    from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
     if master or not SparkConf().contains("spark.master"):  # spark-submit's --master wins

@@ -122,3 +122,12 @@ def lay_out_api_recordings(base: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(recording, target)
     return base / "v4"
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real, temporary Prefect API server for the flow tests (prefect's own test harness)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,156 @@
+"""dbt as the data-quality gate: build into marts_audit, publish only when no error-severity
+test failed (write-audit-publish), and explain failures in a Prefect artifact.
+
+dbt runs through prefect-dbt's PrefectDbtRunner, which gives each dbt node its own Prefect
+task. Its target folder lives in the data dir and is kept between runs, so a run after a failed
+one can resume with `dbt retry` (failed and skipped nodes only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir
+from loaders.warehouse import query
+
+log = logging.getLogger(__name__)
+
+AUDIT_VARS = "{audit: true}"
+FAILED = ("fail", "error")
+SAMPLE_ROWS = 5
+
+
+class DbtGateFailed(RuntimeError):
+    """Error-severity dbt failures: nothing was published. The message names each failure."""
+
+
+@dataclass
+class TestFailure:
+    test: str
+    model: str | None
+    status: str
+    failures: int | None
+    message: str
+    sample: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class GateResult:
+    command: list[str]
+    counts: dict[str, int]
+    errors: list[TestFailure]
+    warnings: list[TestFailure]
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+
+def target_dir() -> Path:
+    return data_dir() / "dbt_target"
+
+
+def operations_target_dir() -> Path:
+    """Where commands other than build/retry write, so the build's run_results.json survives them."""
+    return target_dir() / "operations"
+
+
+def invoke(args: list[str]):
+    """Run one dbt command through PrefectDbtRunner (one Prefect task per node inside a flow)."""
+    from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
+
+    target = target_dir() if args[0] in ("build", "retry") else operations_target_dir()
+    settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target)
+    log.info("dbt %s", " ".join(args))
+    return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
+
+
+def previous_run_failed() -> bool:
+    results = target_dir() / "run_results.json"
+    if not results.exists():
+        return False
+    document = json.loads(results.read_text())
+    if document.get("args", {}).get("which") not in ("build", "retry"):
+        return False
+    return any(result["status"] in (*FAILED, "skipped") for result in document["results"])
+
+
+def summarise(command: list[str]) -> GateResult:
+    """Read run_results.json and the manifest: what failed, on which model, with sample rows."""
+    results = json.loads((target_dir() / "run_results.json").read_text())["results"]
+    nodes = json.loads((target_dir() / "manifest.json").read_text())["nodes"]
+    counts: dict[str, int] = {}
+    errors, warnings = [], []
+    for result in results:
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+        if result["status"] not in (*FAILED, "warn"):
+            continue
+        node = nodes.get(result["unique_id"], {})
+        failure = TestFailure(
+            test=node.get("name", result["unique_id"]),
+            model=node.get("attached_node") or next(iter(node.get("depends_on", {}).get("nodes", [])), None),
+            status=result["status"],
+            failures=result.get("failures"),
+            message=(result.get("message") or "").strip(),
+            sample=_sample_rows(result.get("relation_name")),
+        )
+        (warnings if result["status"] == "warn" else errors).append(failure)
+    return GateResult(command, counts, errors, warnings)
+
+
+def _sample_rows(relation: str | None) -> list[dict]:
+    """A few failing rows from the test's store_failures table, when there is one."""
+    if not relation:
+        return []
+    try:
+        columns, rows = query(f"select * from {relation} limit {SAMPLE_ROWS}")
+    except Exception as error:  # the table may not exist for a test that errored before running
+        log.debug("no stored failures at %s: %s", relation, error)
+        return []
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def markdown_report(result: GateResult) -> str:
+    lines = [
+        f"# dbt gate: {'passed' if result.passed else 'FAILED - nothing published'}",
+        "",
+        f"`dbt {' '.join(result.command)}`: " + ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())),
+        "",
+    ]
+    for title, failures in (("Errors (block publishing)", result.errors), ("Warnings (do not block)", result.warnings)):
+        if not failures:
+            continue
+        lines += [f"## {title}", "", "| test | model | status | failing rows |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {f.test} | {f.model or '-'} | {f.status} | {f.failures if f.failures is not None else '-'} |"
+            for f in failures
+        ]
+        lines.append("")
+        for failure in failures:
+            if failure.sample:
+                lines += [
+                    f"### {failure.test}: sample failing rows",
+                    "",
+                    "```",
+                    *map(_json_line, failure.sample),
+                    "```",
+                    "",
+                ]
+            elif failure.status == "error" and failure.message:
+                lines += [f"### {failure.test}", "", "```", failure.message[:1500], "```", ""]
+    return "\n".join(lines)
+
+
+def _json_line(row: dict) -> str:
+    return json.dumps(row, default=str)
+
+
+def failure_message(result: GateResult) -> str:
+    named = "; ".join(
+        f"{f.test} on {f.model or '?'} ({f.status}, {f.failures if f.failures is not None else '?'} failing rows)"
+        for f in result.errors
+    )
+    return f"dbt gate failed, nothing published: {named}"

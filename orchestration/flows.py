@@ -1,0 +1,220 @@
+"""Prefect flows: the ELT run, backfills and maintenance.
+
+    python -m orchestration.flows            # one run of `elt` on the configured target (make run)
+
+`elt` runs the steps in order: football CSV load → football API load → vehicle discovery →
+Spark lake job → lake→warehouse load → dbt source freshness → dbt build (the gate) → publish.
+Steps that can fail for a passing reason (HTTP, a Postgres connection, a killed Spark run)
+retry a bounded number of times; steps that fail on bad data do not.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from loaders.settings import data_dir, pipeline
+from orchestration import dbt_gate
+from orchestration.report import export_reports, report_dir
+
+SOURCES = ("football_csv", "football_api", "vehicles")
+
+
+@task(retries=2, retry_delay_seconds=[10, 60])
+def load_football_csv(seasons: list[str] | None, divisions: list[str] | None, request_delay: float = 0.0) -> dict:
+    from loaders.football_csv import LoadReport, football_csv
+
+    report = LoadReport()
+    options: dict[str, Any] = {"report": report, "request_delay": request_delay}
+    if seasons:
+        options["seasons"] = seasons
+    if divisions:
+        options["divisions"] = divisions
+    pipeline("football_csv", "raw_football").run(football_csv(**options))
+    if report.failed:
+        get_run_logger().warning("football_csv files that failed (kept in landing/): %s", report.failed)
+    return {"loaded": report.loaded, "unchanged": report.unchanged, "missing": report.missing, "failed": report.failed}
+
+
+@task(retries=2, retry_delay_seconds=[10, 60])
+def load_football_api(competitions: list[str] | None, season: int | None) -> None:
+    from loaders.football_api import football_api
+
+    options: dict[str, Any] = {}
+    if competitions:
+        options["competitions"] = competitions
+    if season is not None:
+        options["season"] = season
+    pipeline("football_api", "raw_football_api").run(football_api(**options))
+
+
+@task
+def discover_vehicle_files(stage_sample: bool) -> dict:
+    from loaders.vehicles import files
+
+    staged = files.stage_sample() if stage_sample else []
+    report = files.discover()
+    return {
+        "staged": len(staged),
+        "processing": len(report.processing),
+        "pending": len(report.pending),
+        "failed": report.failed,
+        "new_types": report.registered,
+    }
+
+
+@task(retries=1, retry_delay_seconds=5)  # a killed or crashed run is safe to repeat (ledger)
+def run_lake_job() -> list[dict]:
+    from spark_jobs.vehicle_lake import run
+
+    return [report.__dict__ for report in run()]
+
+
+@task(retries=2, retry_delay_seconds=[5, 30])
+def load_lake_to_warehouse() -> None:
+    from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+
+    pipeline("vehicles_lake", DATASET).run(vehicles_lake())
+
+
+@task
+def check_source_freshness() -> dict[str, str]:
+    """Stale sources are reported, not fatal: the build still runs on what is there."""
+    dbt_gate.invoke(["source", "freshness"])
+    import json
+
+    sources = json.loads((dbt_gate.operations_target_dir() / "sources.json").read_text())["results"]
+    statuses = {result["unique_id"].removeprefix("source.elt."): result["status"] for result in sources}
+    stale = {name: status for name, status in statuses.items() if status not in ("pass",)}
+    if stale:
+        get_run_logger().warning("stale sources: %s", stale)
+    return statuses
+
+
+def build_and_gate(select: Sequence[str] | None, resume: bool) -> dbt_gate.GateResult:
+    """dbt build into marts_audit (or dbt retry after a failed run); raise if the gate is red."""
+    if resume and dbt_gate.previous_run_failed():
+        get_run_logger().info("the previous dbt build failed: resuming with dbt retry")
+        command = ["retry"]
+    else:
+        command = ["build", "--vars", dbt_gate.AUDIT_VARS] + (["--select", *select] if select else [])
+    dbt_gate.invoke(command)
+    result = dbt_gate.summarise(command)
+    create_markdown_artifact(key="dbt-gate", markdown=dbt_gate.markdown_report(result), description="dbt test gate")
+    if not result.passed:
+        raise dbt_gate.DbtGateFailed(dbt_gate.failure_message(result))
+    for warning in result.warnings:
+        get_run_logger().warning("dbt warning: %s on %s (%s rows)", warning.test, warning.model, warning.failures)
+    return result
+
+
+@task
+def publish() -> list[str]:
+    """Audited marts → marts in one transaction, then the report from the published marts."""
+    result = dbt_gate.invoke(["run-operation", "publish_marts", "--vars", dbt_gate.AUDIT_VARS])
+    if not result.success:
+        raise RuntimeError(f"publishing the audited marts failed: {result.exception}")
+    return [str(path) for path in export_reports()]
+
+
+@task
+def summarise_run() -> list[dict]:
+    from loaders.warehouse import query
+
+    _, tables = query(
+        "select table_schema, table_name from information_schema.tables "
+        "where (table_schema like 'raw_%' or table_schema = 'marts') and table_schema not like '%_staging' "
+        "and table_name not like '\\_dlt%' escape '\\' "
+        "order by 1, 2"
+    )
+    rows = []
+    for schema, name in tables:
+        (count,) = query(f'select count(*) from "{schema}"."{name}"')[1][0]
+        rows.append({"table": f"{schema}.{name}", "rows": count})
+    create_table_artifact(key="elt-tables", table=rows, description="rows per table after the run")
+    return rows
+
+
+@flow(name="elt", log_prints=True)
+def elt(
+    sources: list[str] | None = None,
+    seasons: list[str] | None = None,
+    divisions: list[str] | None = None,
+    competitions: list[str] | None = None,
+    season: int | None = None,
+    target: str | None = None,
+    build: bool = True,
+    select: list[str] | None = None,
+    resume: bool = True,
+    stage_sample: bool = True,
+) -> dict:
+    """Load the chosen sources, build and test with dbt, and publish when the gate is green.
+
+    Args:
+        sources: any of football_csv, football_api, vehicles (default: all).
+        seasons, divisions: football-data.co.uk selection (default: .dlt/config.toml).
+        competitions, season: football-data.org selection (default: .dlt/config.toml).
+        target: duckdb or postgres (default: ELT_TARGET).
+        build: run the dbt gate and publish after loading.
+        select: dbt selection for the build (default: everything).
+        resume: after a failed gate, re-run only failed and skipped nodes (dbt retry).
+        stage_sample: copy the bundled vehicle sample into incoming/ (offline default run).
+    """
+    if target:
+        os.environ["ELT_TARGET"] = target
+    sources = list(SOURCES) if sources is None else sources
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown sources {sorted(unknown)}; choose from {', '.join(SOURCES)}")
+    outcome: dict[str, Any] = {"data_dir": str(data_dir())}
+    if "football_csv" in sources:
+        outcome["football_csv"] = load_football_csv(seasons, divisions)
+    if "football_api" in sources:
+        load_football_api(competitions, season)
+    if "vehicles" in sources:
+        outcome["discovery"] = discover_vehicle_files(stage_sample)
+        outcome["lake"] = run_lake_job()
+        load_lake_to_warehouse()
+    reports: list[str] = []
+    if build:
+        outcome["freshness"] = check_source_freshness()
+        gate = build_and_gate(select, resume)
+        reports = publish()
+        outcome["tests"] = gate.counts
+        outcome["dbt_command"] = gate.command
+    outcome["reports"] = reports
+    outcome["tables"] = summarise_run()
+    return outcome
+
+
+def print_summary(outcome: dict) -> None:
+    print("\nRows per table")
+    for row in outcome["tables"]:
+        print(f"  {row['table']:<52} {row['rows']:>9}")
+    rejected = [row for row in outcome["tables"] if "rejected" in row["table"]]
+    print("Rejected records: " + (", ".join(f"{r['table']} {r['rows']}" for r in rejected) or "none"))
+    for lake in outcome.get("lake", []):
+        if lake["failed_files"]:
+            print(f"Failed files ({lake['file_type']}): {lake['failed_files']}")
+    if "tests" in outcome:
+        print("dbt: " + ", ".join(f"{count} {status}" for status, count in sorted(outcome["tests"].items())))
+    print(f"Report: {report_dir()}")
+    print("Docs:   make docs, then open http://127.0.0.1:8080")
+
+
+def main() -> int:
+    started = time.monotonic()
+    outcome = elt()
+    print_summary(outcome)
+    print(f"Pipeline time: {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

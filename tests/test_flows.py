@@ -1,0 +1,86 @@
+"""The Prefect `elt` flow and its dbt gate, end to end on real data (real Prefect, dbt, DuckDB)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.artifacts import Artifact
+
+from loaders.warehouse import query
+from orchestration import dbt_gate
+from orchestration.flows import elt
+
+from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files
+
+pytestmark = pytest.mark.integration
+FOOTBALL = ["+path:models/marts/football", "+path:models/marts/reporting"]
+
+
+def marts_snapshot(data_dir: Path) -> list[tuple]:
+    # Through the project's connection: dbt, run in-process by the flow, keeps the file open.
+    return query("select division_code, season_code, team_name, points from marts.fct_standings order by all")[1]
+
+
+def run_football(**options):
+    return elt(
+        sources=["football_csv", "football_api"],
+        seasons=["2425", "1819"],
+        divisions=["E0", "D1"],
+        select=FOOTBALL,
+        **options,
+    )
+
+
+@pytest.fixture
+def football_site(data_dir, tmp_path, monkeypatch):
+    files = [p for p in real_csv_files() if p.name in ("2425_E0.csv", "1819_D1.csv")]
+    site = lay_out_as_site(files, tmp_path / "site")
+    monkeypatch.setenv("SOURCES__FOOTBALL_CSV__BASE_URL", str(site))
+    monkeypatch.setenv("SOURCES__FOOTBALL_API__BASE_URL", str(lay_out_api_recordings(tmp_path / "api")))
+    return site
+
+
+def test_the_gate_blocks_bad_data_keeps_published_marts_and_resumes_after_a_fix(
+    prefect_api, data_dir, football_site
+):
+    # 1. A clean run publishes marts and the report; the mapping coverage test only warns.
+    first = run_football()
+    assert first["tests"].get("error", 0) == 0 and first["tests"].get("fail", 0) == 0
+    published = marts_snapshot(data_dir)
+    report = data_dir / "reports" / "league_leaders.csv"
+    report_before = report.read_bytes()
+    gate = Artifact.get("dbt-gate")
+    assert "dbt gate: passed" in gate.data and "Warnings (do not block)" in gate.data
+    assert "assert_football_data_teams_are_mapped" in gate.data and "Nurnberg" in gate.data
+
+    # 2. A corrected-at-source file arrives broken: a result that is not H, D or A.
+    path = football_site / "2425" / "E0.csv"
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"Man United,Fulham,1,0,H", b"Man United,Fulham,1,0,X", 1))
+    with pytest.raises(dbt_gate.DbtGateFailed) as failure:
+        run_football()
+    message = str(failure.value)
+    assert "accepted_values_stg_football_data__matches_result__H__D__A" in message
+    assert "model.elt.stg_football_data__matches" in message and "1 failing rows" in message
+    gate = Artifact.get("dbt-gate")
+    assert "FAILED - nothing published" in gate.data
+    assert "accepted_values_stg_football_data__matches_result__H__D__A" in gate.data
+    assert '"value_field": "X"' in gate.data  # a failing row, from store_failures
+    assert marts_snapshot(data_dir) == published  # marts untouched
+    assert report.read_bytes() == report_before  # report untouched
+    run_results = json.loads((data_dir / "dbt_target" / "run_results.json").read_text())
+    not_done = {r["unique_id"] for r in run_results["results"] if r["status"] in ("fail", "error", "skipped")}
+    assert len(not_done) > 1 and len(not_done) < len(run_results["results"])
+
+    # 3. The fix lands; the next run resumes with dbt retry and publishes.
+    path.write_bytes(good)
+    third = run_football()
+    assert third["dbt_command"] == ["retry"]
+    run_results = json.loads((data_dir / "dbt_target" / "run_results.json").read_text())
+    assert {r["unique_id"] for r in run_results["results"]} == not_done  # only what had not passed
+    assert third["tests"].get("error", 0) == 0 and third["tests"].get("fail", 0) == 0
+    assert "dbt gate: passed" in Artifact.get("dbt-gate").data
+    assert marts_snapshot(data_dir) == published
+    assert report.exists()
