@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SETUP_STAMP := $(VENV)/.setup-complete
 DOCS_PORT ?= 8080
+PREFECT_PORT ?= 4200
 
 export ELT_DATA_DIR ?= $(CURDIR)/data
 export ELT_TARGET ?= duckdb
@@ -22,12 +23,12 @@ export PREFECT_HOME ?= $(ELT_DATA_DIR)/.prefect
 
 DBT := $(BIN)/dbt
 
-.PHONY: help setup load build report docs query run test lint clean
+.PHONY: help setup load build report docs query serve run test lint clean
 
 help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline)"
 	@echo "make test   set up and run the test suite"
-	@echo "make load | build | report | docs | query | lint | clean"
+	@echo "make load | build | report | docs | query | serve | lint | clean"
 
 setup: $(SETUP_STAMP)
 
@@ -58,6 +59,9 @@ report: setup
 docs: setup
 	$(DBT) docs generate
 	$(DBT) docs serve --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
+
+serve: setup
+	$(BIN)/python -m orchestration.serve --with-server --port $(PREFECT_PORT)
 
 run: setup
 	$(BIN)/python -m orchestration.flows

@@ -218,3 +218,52 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@flow(name="backfill", log_prints=True)
+def backfill(
+    first_season: int,
+    last_season: int,
+    divisions: list[str] | None = None,
+    competitions: list[str] | None = None,
+    request_delay: float = 6.0,
+    build: bool = True,
+) -> dict:
+    """Load seasons first_season..last_season (start years) of the chosen divisions and
+    competitions, waiting `request_delay` seconds between requests. Re-running is harmless:
+    files merge on their keys and unchanged files are skipped."""
+    from loaders.football_csv import seasons_between
+
+    seasons = seasons_between(first_season, last_season)
+    outcome: dict[str, Any] = {"seasons": seasons, "football_csv": load_football_csv(seasons, divisions, request_delay)}
+    if competitions:
+        for year in range(first_season, last_season + 1):
+            load_football_api(competitions, year)
+            time.sleep(request_delay)
+    if build:
+        gate = build_and_gate(["+path:models/marts/football", "+path:models/marts/reporting"], resume=False)
+        outcome["tests"] = gate.counts
+        outcome["reports"] = publish()
+    return outcome
+
+
+@flow(name="maintenance", log_prints=True)
+def maintenance(
+    snapshot_max_age_days: float = 7,
+    keep_last_snapshots: int = 5,
+    orphan_min_age_hours: float = 24,
+    landing_retention_days: float = 30,
+) -> dict:
+    """Expire old Iceberg snapshots, remove orphan lake files, prune old landing files."""
+    from orchestration import maintenance as housekeeping
+
+    outcome: dict[str, Any] = {"expired_snapshots": {}, "orphans_removed": {}}
+    for table in housekeeping.lake_tables():
+        name = table.name()[-1]
+        outcome["expired_snapshots"][name] = housekeeping.expire_snapshots(
+            table, snapshot_max_age_days, keep_last_snapshots
+        )
+        outcome["orphans_removed"][name] = len(housekeeping.remove_orphan_files(table, orphan_min_age_hours))
+    outcome["landing_files_deleted"] = len(housekeeping.delete_old_landing_files(landing_retention_days))
+    print(outcome)
+    return outcome

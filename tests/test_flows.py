@@ -42,9 +42,7 @@ def football_site(data_dir, tmp_path, monkeypatch):
     return site
 
 
-def test_the_gate_blocks_bad_data_keeps_published_marts_and_resumes_after_a_fix(
-    prefect_api, data_dir, football_site
-):
+def test_the_gate_blocks_bad_data_keeps_published_marts_and_resumes_after_a_fix(prefect_api, data_dir, football_site):
     # 1. A clean run publishes marts and the report; the mapping coverage test only warns.
     first = run_football()
     assert first["tests"].get("error", 0) == 0 and first["tests"].get("fail", 0) == 0

@@ -293,3 +293,35 @@ def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir)
         == count_files(state_dir("processing", "vehicles_status"))
         == 0
     )
+
+
+def test_maintenance_expires_old_snapshots_and_removes_only_orphans(quirky):
+    from orchestration.maintenance import delete_old_landing_files, expire_snapshots, remove_orphan_files
+
+    events = table("vehicle_events")
+    rows = len(lake_rows("vehicle_events"))
+    assert len(events.metadata.snapshots) >= 2  # the first batch and the late file
+    referenced = next(iter(events.scan().plan_files())).file.file_path.removeprefix("file://")
+    data = Path(events.location().removeprefix("file://")) / "data"
+    two_days_ago = time.time() - 2 * 86400
+    orphan = data / "batch_id=killed-before-commit" / "day=2025-11-01" / "part-0.parquet"
+    running = data / "batch_id=still-running" / "day=2025-11-01" / "part-0.parquet"
+    for path in (orphan, running):
+        path.parent.mkdir(parents=True)
+        shutil.copyfile(referenced, path)
+    os.utime(orphan, (two_days_ago, two_days_ago))
+    os.utime(referenced, (two_days_ago, two_days_ago))
+
+    assert remove_orphan_files(events, min_age_hours=24) == [orphan]
+    assert running.exists() and Path(referenced).exists()
+    snapshots = len(events.metadata.snapshots)
+    assert expire_snapshots(events, older_than_days=0, keep_last=1) == snapshots - 1
+    assert len(table("vehicle_events").metadata.snapshots) == 1
+    assert len(lake_rows("vehicle_events")) == rows
+
+    landing = quirky["data_dir"] / "landing" / "vehicles"
+    landing.mkdir(parents=True, exist_ok=True)
+    (old := landing / "old.json").write_text("{}")
+    (new := landing / "new.json").write_text("{}")
+    os.utime(old, (two_days_ago - 40 * 86400, two_days_ago - 40 * 86400))
+    assert delete_old_landing_files(30) == [old] and new.exists()

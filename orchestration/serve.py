@@ -1,0 +1,102 @@
+"""Schedules, served by this process (`prefect serve` style) against a Prefect API.
+
+    python -m orchestration.serve                # needs PREFECT_API_URL
+    python -m orchestration.serve --with-server  # starts a local Prefect server on 127.0.0.1 first (make serve)
+
+| deployment        | schedule (UTC)                       | what                                     |
+| vehicles-hourly   | every hour at :00                     | discover → Spark lake job → warehouse    |
+| daily-summary     | 01:00 every day                       | dbt gate + publish for the vehicle marts |
+| football-weekly   | Saturdays 00:00, August to May        | both football sources, gate + publish    |
+| maintenance-daily | 02:30 every day                       | snapshots, orphan files, landing retention |
+
+prefect.yaml declares the same deployments for a process work pool (`prefect deploy --all`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from prefect import serve
+from prefect.schedules import Cron
+
+from orchestration.flows import elt, maintenance
+
+VEHICLE_MARTS = ["+path:models/marts/vehicles"]
+FOOTBALL_MARTS = ["+path:models/marts/football", "+path:models/marts/reporting"]
+
+
+def deployments() -> list:
+    return [
+        elt.to_deployment(
+            name="vehicles-hourly",
+            schedules=[Cron("0 * * * *", timezone="UTC")],
+            parameters={"sources": ["vehicles"], "build": False, "stage_sample": False},
+            description="Hourly vehicle ingestion: discover, Spark lake job, lake → warehouse.",
+        ),
+        elt.to_deployment(
+            name="daily-summary",
+            schedules=[Cron("0 1 * * *", timezone="UTC")],
+            parameters={"sources": [], "select": VEHICLE_MARTS},
+            description="Builds, tests and publishes daily_summary and the other vehicle marts.",
+        ),
+        elt.to_deployment(
+            name="football-weekly",
+            schedules=[Cron("0 0 * 1-5,8-12 6", timezone="UTC")],
+            parameters={"sources": ["football_csv", "football_api"], "select": FOOTBALL_MARTS},
+            description="Weekly football load during the season (August to May), gate and publish.",
+        ),
+        maintenance.to_deployment(
+            name="maintenance-daily",
+            schedules=[Cron("30 2 * * *", timezone="UTC")],
+            description="Expire Iceberg snapshots, remove orphan files, prune landing.",
+        ),
+    ]
+
+
+def start_local_server(port: int) -> subprocess.Popen:
+    """A Prefect server bound to 127.0.0.1 only; returns once its API answers."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                os.environ["PREFECT_API_URL"] = url
+                return server
+        except OSError:
+            time.sleep(1)
+    server.terminate()
+    raise RuntimeError("the Prefect server did not answer within 120s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestration.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--with-server", action="store_true", help="start a local Prefect server on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=4200)
+    args = parser.parse_args(argv)
+    # SIGTERM ends the process through SystemExit, so the server below is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = start_local_server(args.port) if args.with_server else None
+    if server:
+        print(f"Prefect UI: http://127.0.0.1:{args.port}")
+    try:
+        serve(*deployments())
+    finally:
+        if server:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
