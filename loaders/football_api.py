@@ -25,7 +25,7 @@ from requests import RequestException, Response
 
 from loaders.http import FileAdapter, Throttle
 from loaders.landing import archive
-from loaders.settings import PROJECT_ROOT
+from loaders.settings import PROJECT_ROOT, as_list
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def football_api(
     if isinstance(listing, Skipped):
         raise FootballApiError(f"{listing.url}: the competitions list is required ({listing.reason})")
     available = _field(listing, "competitions", client.url("competitions"))
-    chosen = resolve_competitions(available, _as_list(competitions))
+    chosen = resolve_competitions(available, as_list(competitions))
 
     @dlt.resource(name="competitions", write_disposition="merge", primary_key="id")
     def all_competitions() -> Iterator[list[dict]]:
@@ -270,9 +270,3 @@ def football_api(
         season_matches | matches,
         season_matches | skipped_requests.with_name("skipped_match_requests"),
     )
-
-
-def _as_list(value: str | Sequence[str]) -> list[str]:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return [str(part).strip() for part in value]

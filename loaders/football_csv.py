@@ -24,7 +24,7 @@ import dlt
 from dlt.sources.helpers import requests
 
 from loaders.landing import archive, sha256_hex
-from loaders.settings import DBT_PROJECT_DIR, PROJECT_ROOT
+from loaders.settings import DBT_PROJECT_DIR, PROJECT_ROOT, as_list
 
 log = logging.getLogger(__name__)
 
@@ -373,8 +373,8 @@ def football_csv(
         report: filled in with what happened to each file.
         request_delay: seconds to wait between downloads (politeness for backfills over HTTP).
     """
-    season_list = [parse_season(code).code for code in _as_list(seasons)]
-    division_list = validate_divisions(_as_list(divisions))
+    season_list = [parse_season(code).code for code in as_list(seasons)]
+    division_list = validate_divisions(as_list(divisions))
     files = season_files(season_list, division_list, base_url, force, report or LoadReport(), request_delay)
     return (
         files | matches,
@@ -382,12 +382,6 @@ def football_csv(
         files | row_warnings,
         files | source_files,
     )
-
-
-def _as_list(value: str | Sequence[str]) -> list[str]:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return [str(part).strip() for part in value]
 
 
 @dlt.resource(selected=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -62,3 +63,10 @@ def pipeline(name: str, dataset_name: str) -> dlt.Pipeline:
         dataset_name=dataset_name,
         progress="log",
     )
+
+
+def as_list(value: str | Sequence[str]) -> list[str]:
+    """A config list given either as a list or as comma-separated text (env vars, CLI)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part).strip() for part in value]
