@@ -17,7 +17,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from loaders.football_api import football_api
 from loaders.settings import pipeline
 from loaders.warehouse import query
-from orchestration.flows import backfill
+from orchestration.flows import backfill, maintenance
 from orchestration.serve import deployments
 
 from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files
@@ -98,3 +98,15 @@ def test_backfill_loads_a_season_range_and_is_idempotent(prefect_api, data_dir, 
     assert second["tests"].get("error", 0) == second["tests"].get("fail", 0) == 0
     leaders = query("select division_code, season_label, leader from marts.rpt_league_leaders order by 1, 2")[1]
     assert leaders == [("E0", "2014/15", "Chelsea"), ("SP1", "2017/18", "Barcelona")]
+
+
+def test_the_maintenance_flow_prunes_old_landing_files(prefect_api, data_dir):
+    landing = data_dir / "landing" / "football_csv"
+    landing.mkdir(parents=True)
+    (old := landing / "old.csv").write_text("x")
+    (new := landing / "new.csv").write_text("x")
+    forty_days_ago = time.time() - 40 * 86400
+    os.utime(old, (forty_days_ago, forty_days_ago))
+    outcome = maintenance()
+    assert outcome["landing_files_deleted"] == 1 and not old.exists() and new.exists()
+    assert outcome["expired_snapshots"] == {}  # an empty lake: nothing to expire
