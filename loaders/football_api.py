@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlparse
 
@@ -25,7 +24,7 @@ from requests import RequestException, Response
 
 from loaders.http import FileAdapter, Throttle
 from loaders.landing import archive
-from loaders.settings import PROJECT_ROOT, as_list
+from loaders.settings import as_list, project_path
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +126,7 @@ def _resolve_base_url(base_url: str) -> str:
     base_url = base_url.rstrip("/")
     if "://" in base_url:
         return base_url
-    path = Path(base_url)
-    return (path if path.is_absolute() else PROJECT_ROOT / path).as_uri()
+    return project_path(base_url).as_uri()
 
 
 def _rate_limit_wait(response: Response, ceiling: float) -> float:

@@ -24,7 +24,7 @@ import dlt
 from dlt.sources.helpers import requests
 
 from loaders.landing import archive, sha256_hex
-from loaders.settings import DBT_PROJECT_DIR, PROJECT_ROOT, as_list
+from loaders.settings import DBT_PROJECT_DIR, as_list, project_path
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +310,7 @@ def _is_http(location: str) -> bool:
 
 
 def _local_path(location: str) -> Path:
-    path = Path(urlparse(location).path if location.startswith("file://") else location)
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return project_path(urlparse(location).path if location.startswith("file://") else location)
 
 
 def fetch(location: str, previous: dict) -> Fetched | None:

@@ -16,6 +16,12 @@ DBT_PROFILES_DIR = PROJECT_ROOT / "profiles"
 TARGETS = ("duckdb", "postgres")
 
 
+def project_path(path: str | Path) -> Path:
+    """Relative paths in the project's configuration are relative to the repository root."""
+    path = Path(path)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def data_dir() -> Path:
     """Root of everything the pipeline writes (landing/, lake/, warehouse.duckdb, ...)."""
     return Path(os.environ.get("ELT_DATA_DIR", PROJECT_ROOT / "data")).resolve()

@@ -10,6 +10,7 @@ retry a bounded number of times; steps that fail on bad data do not.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -87,8 +88,6 @@ def load_lake_to_warehouse() -> None:
 def check_source_freshness() -> dict[str, str]:
     """Stale sources are reported, not fatal: the build still runs on what is there."""
     dbt_gate.invoke(["source", "freshness"])
-    import json
-
     sources = json.loads((dbt_gate.operations_target_dir() / "sources.json").read_text())["results"]
     statuses = {result["unique_id"].removeprefix("source.elt."): result["status"] for result in sources}
     stale = {name: status for name, status in statuses.items() if status not in ("pass",)}

@@ -66,7 +66,3 @@ def count_files(folder: Path) -> int:
     if not folder.is_dir():
         return 0
     return sum(1 for path in folder.glob("*.json") if not path.name.endswith(".error.json"))
-
-
-def all_days_of(events: list[dict]) -> Counter:
-    return Counter(event["at"].astimezone(UTC).date().isoformat() for event in events)
