@@ -23,12 +23,12 @@ export PREFECT_HOME ?= $(ELT_DATA_DIR)/.prefect
 
 DBT := $(BIN)/dbt
 
-.PHONY: help setup load build report docs query serve run test lint clean
+.PHONY: help setup load build report docs query serve run test lint clean reset
 
 help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline)"
 	@echo "make test   set up and run the test suite"
-	@echo "make load | build | report | docs | query | serve | lint | clean"
+	@echo "make load | build | report | docs | query | serve | lint | clean | reset"
 
 setup: $(SETUP_STAMP)
 
@@ -75,3 +75,7 @@ lint: setup
 
 clean:
 	rm -rf $(DBT_PROJECT_DIR)/target $(DBT_PROJECT_DIR)/logs .pytest_cache
+
+# Forget every run: warehouse, lake, landing, file states, dlt and Prefect state (keeps data/sample).
+reset:
+	find "$(ELT_DATA_DIR)" -mindepth 1 -maxdepth 1 ! -name sample -exec rm -rf {} +

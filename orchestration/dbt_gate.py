@@ -149,8 +149,12 @@ def _json_line(row: dict) -> str:
 
 
 def failure_message(result: GateResult) -> str:
-    named = "; ".join(
-        f"{f.test} on {f.model or '?'} ({f.status}, {f.failures if f.failures is not None else '?'} failing rows)"
-        for f in result.errors
-    )
+    named = "; ".join(f"{f.test} on {f.model or '?'} ({_what_went_wrong(f)})" for f in result.errors)
     return f"dbt gate failed, nothing published: {named}"
+
+
+def _what_went_wrong(failure: TestFailure) -> str:
+    if failure.failures is not None:
+        return f"{failure.status}, {failure.failures} failing rows"
+    first_line = next((line.strip() for line in failure.message.splitlines() if line.strip()), "no message")
+    return f"{failure.status}: {first_line[:200]}"
