@@ -417,7 +417,7 @@ def season_files(
                 report.failed[name] = str(error)
                 continue
             known[name] = {"sha256": digest, "etag": fetched.etag, "last_modified": fetched.last_modified}
-            parsed.landing_path = str(landing_path)
+            parsed.landing_path = landing_path
             parsed.etag, parsed.last_modified = fetched.etag, fetched.last_modified
             report.loaded.append(name)
             yield parsed

@@ -27,8 +27,10 @@ def data_dir() -> Path:
     return Path(os.environ.get("ELT_DATA_DIR", PROJECT_ROOT / "data")).resolve()
 
 
-def landing_dir() -> Path:
-    return data_dir() / "landing"
+def landing_location() -> str:
+    """ELT_LANDING_DIR: a local folder or an object-storage URI (s3://bucket/landing); default
+    landing/ in the data dir."""
+    return os.environ.get("ELT_LANDING_DIR") or str(data_dir() / "landing")
 
 
 def warehouse_path() -> Path:
@@ -53,9 +55,19 @@ def postgres_credentials() -> str:
     return f"postgresql://{auth}@{host}:{port}/{database}"
 
 
+def dlt_postgres_credentials():
+    """dlt insists on a password; under trust or pgpass auth an empty one lets libpq decide."""
+    from dlt.destinations.impl.postgres.configuration import PostgresCredentials
+
+    credentials = PostgresCredentials()
+    credentials.parse_native_representation(postgres_credentials())
+    credentials.password = os.environ.get("PGPASSWORD", "")
+    return credentials
+
+
 def destination() -> Destination:
     if target() == "postgres":
-        return dlt.destinations.postgres(credentials=postgres_credentials())
+        return dlt.destinations.postgres(credentials=dlt_postgres_credentials())
     warehouse_path().parent.mkdir(parents=True, exist_ok=True)
     return dlt.destinations.duckdb(str(warehouse_path()))
 

@@ -44,7 +44,8 @@ def execute(connection, sql: str, params: Sequence[Any] = ()) -> Any:
     """Run one statement; the result has fetchone/fetchall/description on both targets."""
     if target() == "postgres":
         cursor = connection.cursor()
-        cursor.execute(sql, tuple(params))
+        # Without parameters psycopg2 must not read `%` (as in LIKE 'raw_%') as a placeholder.
+        cursor.execute(sql, tuple(params) if params else None)
         return cursor
     # A DuckDB cursor is a separate connection with its own transaction: use the connection.
     return connection.execute(sql.replace("%s", "?"), tuple(params))

@@ -12,14 +12,13 @@ processing/ right after their commit, and re-deliveries are caught by discovery.
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from pyiceberg.table import Table
 
-from loaders.settings import landing_dir
+from loaders import storage
+from loaders.settings import landing_location
 from loaders.vehicles.lake import NAMESPACE, catalog
 
 
@@ -47,40 +46,31 @@ def referenced_files(table: Table) -> set[str]:
     return paths
 
 
-def remove_orphan_files(table: Table, min_age_hours: float) -> list[Path]:
-    """Local lake only: object-storage lakes use their bucket's lifecycle rules instead."""
-    location = table.location()
-    if not location.startswith("file://"):
-        return []
-    data = Path(location.removeprefix("file://")) / "data"
-    if not data.is_dir():
-        return []
-    referenced = {path.removeprefix("file://") for path in referenced_files(table)}
+def remove_orphan_files(table: Table, min_age_hours: float) -> list[str]:
+    """Files under the table's data folder (local or object storage) that no snapshot
+    references and that are older than the grace period: Parquet from a killed job and
+    Spark's leftover `_temporary` files."""
+    data = storage.join(table.location(), "data")
+    referenced = {_without_file_scheme(path) for path in referenced_files(table)}
     cutoff = time.time() - min_age_hours * 3600
     removed = []
-    for path in sorted(data.rglob("*")):
-        if path.name == "_temporary" and path.is_dir() and path.stat().st_mtime < cutoff:
-            shutil.rmtree(path)
-            removed.append(path)
-        elif (
-            path.suffix == ".parquet"
-            and path.is_file()
-            and str(path) not in referenced
-            and path.stat().st_mtime < cutoff
-        ):
-            path.unlink()
-            removed.append(path)
+    for location, modified in storage.files_under(data):
+        orphan = location.endswith(".parquet") and location not in referenced
+        if (orphan or "/_temporary/" in location) and modified < cutoff:
+            storage.delete(location)
+            removed.append(location)
     return removed
 
 
-def delete_old_landing_files(retention_days: float, root: Path | None = None) -> list[Path]:
-    root = root or landing_dir()
-    if not root.is_dir():
-        return []
+def _without_file_scheme(location: str) -> str:
+    return location.removeprefix("file://")
+
+
+def delete_old_landing_files(retention_days: float, root: str | None = None) -> list[str]:
     cutoff = time.time() - retention_days * 86400
     removed = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.stat().st_mtime < cutoff:
-            path.unlink()
-            removed.append(path)
+    for location, modified in storage.files_under(root or landing_location()):
+        if modified < cutoff:
+            storage.delete(location)
+            removed.append(location)
     return removed

@@ -26,7 +26,15 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loaders.vehicles import files as lifecycle
-from loaders.vehicles.lake import catalog, commit_batch, committed_files, ensure_tables, parquet_files
+from loaders.vehicles.lake import (
+    catalog,
+    commit_batch,
+    committed_files,
+    ensure_tables,
+    parquet_files,
+    publish_spark_output,
+    spark_output,
+)
 from loaders.vehicles.registry import Field, FileType, Registry
 from spark_jobs.session import spark_session
 
@@ -190,8 +198,8 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
         )
         data_folder = f"{table.location()}/data/batch_id={batch_id}"
         rejected_folder = f"{rejected_table.location()}/data/batch_id={batch_id}"
-        good.repartition("day").write.partitionBy("day").parquet(data_folder)
-        rejected.coalesce(1).write.parquet(rejected_folder)
+        good.repartition("day").write.partitionBy("day").parquet(spark_output(data_folder))
+        rejected.coalesce(1).write.parquet(spark_output(rejected_folder))
         report.rows = good.count()
         report.rejected = rejected.count()
     finally:
@@ -201,6 +209,8 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
         lifecycle.fail(lifecycle.state_dir("processing", file_type.file_type) / name, file_type.file_type, reason)
         report.failed_files[name] = reason
     committed = [p.name for p in todo if p.name not in bad_files]
+    for folder in (rejected_folder, data_folder):
+        publish_spark_output(folder)
     # The rejected table first: the main table's commit is the one that marks a file done.
     commit_batch(rejected_table, parquet_files(rejected_folder), batch_id, committed)
     commit_batch(table, parquet_files(data_folder), batch_id, committed)
@@ -230,6 +240,7 @@ def run(registry: Registry | None = None) -> list[TypeReport]:
     if not work:
         return []
     spark = spark_session("vehicle_lake")
+    log.info("Spark master %s, %d file type(s) to process", spark.sparkContext.master, len(work))
     lake = catalog()
     now = datetime.now(UTC).replace(tzinfo=None)
     return [process_type(spark, lake, file_type, paths, now) for file_type, paths in work.values()]

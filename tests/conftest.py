@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, PROJECT_ROOT
+from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, PROJECT_ROOT, TARGETS, postgres_credentials
 
 REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 QUIET_TOOLS = {
@@ -54,23 +56,85 @@ def lay_out_as_site(files: list[Path], base: Path) -> Path:
     return base
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that writes a warehouse runs on each target, unless marked `one_target`
+    (its subject does not depend on the warehouse: parsing, Spark internals, CLI errors)."""
+    targets = ["duckdb"] if metafunc.definition.get_closest_marker("one_target") else list(TARGETS)
+    for name, scope in (("target", "function"), ("module_target", "module")):
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, targets, indirect=True, scope=scope)
+
+
+def require_postgres() -> None:
+    """Skip the Postgres cases when no server is reachable; fail when one was promised (PGHOST)."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(postgres_credentials(), connect_timeout=5).close()
+    except psycopg2.OperationalError as error:
+        where = postgres_credentials().rsplit("@", 1)[-1]
+        if os.environ.get("PGHOST"):
+            pytest.fail(f"PGHOST is set but Postgres at {where} is unreachable: {error}")
+        pytest.skip(f"no Postgres reachable at {where} (set PGHOST to run these): {error}")
+
+
+@contextlib.contextmanager
+def own_postgres_database(patch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A database of the test's own, created and dropped here; warehouse and Iceberg catalog in it."""
+    import psycopg2
+
+    require_postgres()
+    name = f"elt_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_credentials())
+    admin.autocommit = True
+    try:
+        admin.cursor().execute(f'create database "{name}"')
+        patch.setenv("PGDATABASE", name)
+        patch.setenv("ICEBERG_CATALOG_URI", postgres_credentials().replace("postgresql://", "postgresql+psycopg2://"))
+        yield name
+    finally:
+        admin.cursor().execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+
+
+@contextlib.contextmanager
+def on_target(target: str, patch: pytest.MonkeyPatch) -> Iterator[str]:
+    patch.setenv("ELT_TARGET", target)
+    patch.delenv("ICEBERG_CATALOG_URI", raising=False)
+    if target == "postgres":
+        with own_postgres_database(patch):
+            yield target
+    else:
+        yield target
+
+
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh ELT_DATA_DIR (landing/, warehouse.duckdb, dlt state) for one test."""
+def target(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with on_target(request.param, monkeypatch):
+        yield request.param
+
+
+@pytest.fixture(scope="module")
+def module_target(request: pytest.FixtureRequest) -> Iterator[str]:
+    with pytest.MonkeyPatch.context() as patch, on_target(request.param, patch):
+        yield request.param
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str) -> Path:
+    """A fresh ELT_DATA_DIR (landing/, lake/, dlt state) and warehouse on `target`, for one test."""
     path = tmp_path / "data"
     path.mkdir()
     monkeypatch.setenv("ELT_DATA_DIR", str(path))
-    monkeypatch.setenv("ELT_TARGET", "duckdb")
     return path
 
 
 @pytest.fixture(scope="module")
-def module_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def module_data_dir(tmp_path_factory: pytest.TempPathFactory, module_target: str) -> Iterator[Path]:
     """Like data_dir, shared by the tests of one module (for expensive loads)."""
     path = tmp_path_factory.mktemp("data")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ELT_DATA_DIR", str(path))
-        patch.setenv("ELT_TARGET", "duckdb")
         yield path
 
 
@@ -131,3 +195,21 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def rows(sql: str, params=()) -> list[tuple]:
+    """Rows of one query on the current target's warehouse (portable SQL only)."""
+    from loaders.warehouse import query
+
+    return query(sql, params)[1]
+
+
+def tables_in(schema: str) -> set[str]:
+    """Table names in a warehouse schema; empty when nothing was ever loaded there."""
+    from loaders.settings import target, warehouse_path
+
+    if target() == "duckdb" and not warehouse_path().exists():
+        return set()
+    return {
+        name for (name,) in rows("select table_name from information_schema.tables where table_schema = %s", [schema])
+    }

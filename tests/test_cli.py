@@ -6,10 +6,9 @@ import os
 import subprocess
 import sys
 
-import duckdb
 import pytest
 
-from .conftest import lay_out_as_site, real_csv_files
+from .conftest import lay_out_as_site, real_csv_files, rows, tables_in
 
 pytestmark = pytest.mark.integration
 
@@ -36,29 +35,25 @@ def test_season_range_backfill_loads_what_exists_and_reports_the_rest(data_dir, 
     )
     assert result.returncode == 0, result.stderr
     assert "1 loaded, 0 unchanged, 1 not found, 0 failed" in result.stdout
-    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
-        assert connection.sql("select season, count(*) from raw_football.matches group by all").fetchall() == [
-            ("1920", 380)
-        ]
+    assert rows("select season, count(*) from raw_football.matches group by 1") == [("1920", 380)]
 
 
 def test_unknown_division_exits_with_the_valid_codes(data_dir):
     result = run_cli("football-csv", "--seasons", "2425", "--divisions", "E0,PL", env=dict(os.environ))
     assert result.returncode == 2
     assert "unknown division code(s) PL; valid codes: E0 (Premier League)" in result.stderr
-    assert not (data_dir / "warehouse.duckdb").exists()
+    assert not tables_in("raw_football")
 
 
 def test_football_api_default_reads_the_bundled_sample_offline(data_dir):
     result = run_cli("football-api", env=dict(os.environ))
     assert result.returncode == 0, result.stderr
-    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
-        counts = connection.sql(
-            "select (select count(*) from raw_football_api.competitions),"
-            " (select count(*) from raw_football_api.teams),"
-            " (select count(*) from raw_football_api.matches)"
-        ).fetchone()
-    assert counts == (13, 38, 306)
+    counts = rows(
+        "select (select count(*) from raw_football_api.competitions),"
+        " (select count(*) from raw_football_api.teams),"
+        " (select count(*) from raw_football_api.matches)"
+    )
+    assert counts == [(13, 38, 306)]
     assert list((data_dir / "landing" / "football_api").rglob("*.json"))
 
 

@@ -20,7 +20,7 @@ FOOTBALL = ["+path:models/marts/football", "+path:models/marts/reporting"]
 
 def marts_snapshot(data_dir: Path) -> list[tuple]:
     # Through the project's connection: dbt, run in-process by the flow, keeps the file open.
-    return query("select division_code, season_code, team_name, points from marts.fct_standings order by all")[1]
+    return query("select division_code, season_code, team_name, points from marts.fct_standings order by 1, 2, 3, 4")[1]
 
 
 def run_football(**options):

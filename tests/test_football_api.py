@@ -7,16 +7,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import duckdb
 import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders.football_api import ApiClient, FootballApiError, RetryPolicy, football_api, resolve_competitions
 from loaders.http import Throttle, file_for_url
-from loaders.settings import pipeline, warehouse_path
+from loaders.settings import pipeline
 
 from .api_replay import TOKEN, Fault, recorded_routes
-from .conftest import real_data
+from .conftest import real_data, rows, tables_in
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +39,11 @@ def load(api, competitions=("BL1", "BSA"), token=TOKEN, policy=FAST, **options):
 
 
 def count(table: str, where: str = "true") -> int:
-    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
-        return connection.sql(f"select count(*) from raw_football_api.{table} where {where}").fetchone()[0]
+    return rows(f"select count(*) from raw_football_api.{table} where {where}")[0][0]
 
 
 def tables() -> set[str]:
-    if not warehouse_path().exists():
-        return set()
-    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
-        rows = connection.sql(
-            "select table_name from information_schema.tables where table_schema = 'raw_football_api'"
-        ).fetchall()
-    return {name for (name,) in rows}
+    return tables_in("raw_football_api")
 
 
 def recorded(name: str) -> dict:

@@ -90,11 +90,11 @@ def test_backfill_loads_a_season_range_and_is_idempotent(prefect_api, data_dir, 
     assert first["seasons"] == ["1415", "1516", "1617", "1718"]
     assert sorted(first["football_csv"]["loaded"]) == ["1415/E0", "1718/SP1"]
     assert len(first["football_csv"]["missing"]) == 6
-    counts = query("select season, division, count(*) from raw_football.matches group by all order by all")[1]
+    counts = query("select season, division, count(*) from raw_football.matches group by 1, 2 order by 1, 2")[1]
     assert counts == [("1415", "E0", 380), ("1718", "SP1", 380)]
     second = backfill(2014, 2017, divisions=["E0", "SP1"], request_delay=0)
     assert sorted(second["football_csv"]["unchanged"]) == ["1415/E0", "1718/SP1"]
-    assert query("select season, division, count(*) from raw_football.matches group by all order by all")[1] == counts
+    assert query("select season, division, count(*) from raw_football.matches group by 1, 2 order by 1, 2")[1] == counts
     assert second["tests"].get("error", 0) == second["tests"].get("fail", 0) == 0
     leaders = query("select division_code, season_label, leader from marts.rpt_league_leaders order by 1, 2")[1]
     assert leaders == [("E0", "2014/15", "Chelsea"), ("SP1", "2017/18", "Barcelona")]

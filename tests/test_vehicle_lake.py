@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from loaders.query import load_extensions
-from loaders.settings import pipeline, warehouse_path
+from loaders.settings import pipeline
 from loaders.vehicles.files import discover, state_dir
 from loaders.vehicles.generate import generate
 from loaders.vehicles.lake import NAMESPACE, catalog, committed_files
@@ -25,7 +25,7 @@ from loaders.vehicles.registry import Registry
 from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
 from spark_jobs.vehicle_lake import run as run_lake_job
 
-from .conftest import run_dbt
+from .conftest import rows, run_dbt
 from .vehicles_helpers import (
     count_files,
     expected_daily_summary,
@@ -122,12 +122,11 @@ def test_lake_counts_per_day_equal_warehouse_counts_per_day(quirky):
     load_lake_into_warehouse()
     for table_name, time_column in (("vehicle_events", "event_time"), ("vehicle_status", "report_time")):
         lake = lake_counts_per_day(table_name, time_column)
-        assert warehouse_counts_per_day(warehouse_path(), table_name, time_column) == lake
-    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
-        rejected = connection.sql("select count(*) from raw_vehicles.vehicle_events_rejected").fetchone()[0]
+        assert warehouse_counts_per_day(table_name, time_column) == lake
+    rejected = rows("select count(*) from raw_vehicles.vehicle_events_rejected")[0][0]
     assert rejected == len(quirky["manifest"].rejected["vehicles_events"])
     load_lake_into_warehouse()  # nothing new committed: nothing loaded twice
-    assert warehouse_counts_per_day(warehouse_path(), "vehicle_events", "event_time") == lake_counts_per_day(
+    assert warehouse_counts_per_day("vehicle_events", "event_time") == lake_counts_per_day(
         "vehicle_events", "event_time"
     )
 
@@ -152,8 +151,8 @@ def test_dbt_daily_summary_is_right_and_a_late_file_recomputes_only_its_days(qui
     load_lake_into_warehouse()
     run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
     processed = state_dir("processed", "vehicles_events")
-    assert summary(data_dir) == expected_daily_summary(good_events(processed))
-    before = batches(data_dir)
+    assert summary() == expected_daily_summary(good_events(processed))
+    before = batches()
 
     # A late file: events for one early day, at the end of that day, arriving after everything.
     late_day = min(day for (_, day) in before)
@@ -170,14 +169,11 @@ def test_dbt_daily_summary_is_right_and_a_late_file_recomputes_only_its_days(qui
     load_lake_into_warehouse()
     run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
 
-    assert summary(data_dir) == expected_daily_summary(good_events(processed))
-    after = batches(data_dir)
+    assert summary() == expected_daily_summary(good_events(processed))
+    after = batches()
     changed = {key for key in after if after[key] != before.get(key)}
     assert changed and all(day in (late_day, next_day(late_day)) for (_, day) in changed)
-    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
-        fct, distinct = connection.sql(
-            "select count(*), count(distinct event_id) from marts.fct_vehicle_events"
-        ).fetchone()
+    ((fct, distinct),) = rows("select count(*), count(distinct event_id) from marts.fct_vehicle_events")
     assert fct == distinct == len({event_identity(event) for event in good_events(processed)})
 
 
@@ -193,18 +189,14 @@ def next_day(day: str) -> str:
     return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
 
 
-def summary(data_dir: Path) -> dict:
-    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
-        rows = connection.sql(
-            "select vehicle_id, day::varchar, last_event_time, last_event_type from marts.daily_summary"
-        ).fetchall()
-    return {(vehicle, day): (moment.astimezone(UTC), kind) for vehicle, day, moment, kind in rows}
+def summary() -> dict:
+    found = rows("select vehicle_id, cast(day as varchar), last_event_time, last_event_type from marts.daily_summary")
+    return {(vehicle, day): (moment.astimezone(UTC), kind) for vehicle, day, moment, kind in found}
 
 
-def batches(data_dir: Path) -> dict:
-    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as connection:
-        rows = connection.sql("select vehicle_id, day::varchar, last_batch_id from marts.daily_summary").fetchall()
-    return {(vehicle, day): batch for vehicle, day, batch in rows}
+def batches() -> dict:
+    found = rows("select vehicle_id, cast(day as varchar), last_batch_id from marts.daily_summary")
+    return {(vehicle, day): batch for vehicle, day, batch in found}
 
 
 def test_a_new_file_type_is_processed_after_activation_with_no_code_change(data_dir):
@@ -224,16 +216,15 @@ def test_a_new_file_type_is_processed_after_activation_with_no_code_change(data_
     assert discover().processing == ["vehicles_trips_20251109120000.json"]
     (report,) = run_lake_job()
     assert report.rows == 3 and report.rejected == 0
-    rows = sorted(lake_rows("vehicles_trips"), key=lambda row: row["trip_start"])
-    assert [(row["vehicle_id"], row["distance_km"]) for row in rows] == [
+    trips_in_lake = sorted(lake_rows("vehicles_trips"), key=lambda row: row["trip_start"])
+    assert [(row["vehicle_id"], row["distance_km"]) for row in trips_in_lake] == [
         ("ab12cd", 12.5),
         ("ab12cd", 4.0),
         ("ef34ab", 30.25),
     ]
-    assert json.loads(rows[0]["route"]) == {"stops": 3}
+    assert json.loads(trips_in_lake[0]["route"]) == {"stops": 3}
     load_lake_into_warehouse()
-    with duckdb.connect(str(warehouse_path()), read_only=True) as connection:
-        assert connection.sql("select count(*) from raw_vehicles.vehicles_trips").fetchone()[0] == 3
+    assert rows("select count(*) from raw_vehicles.vehicles_trips") == [(3,)]
 
 
 def _lake_job(data_dir: Path) -> subprocess.Popen:
@@ -299,7 +290,7 @@ def test_maintenance_expires_old_snapshots_and_removes_only_orphans(quirky):
     from orchestration.maintenance import delete_old_landing_files, expire_snapshots, remove_orphan_files
 
     events = table("vehicle_events")
-    rows = len(lake_rows("vehicle_events"))
+    row_count = len(lake_rows("vehicle_events"))
     assert len(events.metadata.snapshots) >= 2  # the first batch and the late file
     referenced = next(iter(events.scan().plan_files())).file.file_path.removeprefix("file://")
     data = Path(events.location().removeprefix("file://")) / "data"
@@ -312,16 +303,16 @@ def test_maintenance_expires_old_snapshots_and_removes_only_orphans(quirky):
     os.utime(orphan, (two_days_ago, two_days_ago))
     os.utime(referenced, (two_days_ago, two_days_ago))
 
-    assert remove_orphan_files(events, min_age_hours=24) == [orphan]
+    assert remove_orphan_files(events, min_age_hours=24) == [str(orphan)]
     assert running.exists() and Path(referenced).exists()
     snapshots = len(events.metadata.snapshots)
     assert expire_snapshots(events, older_than_days=0, keep_last=1) == snapshots - 1
     assert len(table("vehicle_events").metadata.snapshots) == 1
-    assert len(lake_rows("vehicle_events")) == rows
+    assert len(lake_rows("vehicle_events")) == row_count
 
     landing = quirky["data_dir"] / "landing" / "vehicles"
     landing.mkdir(parents=True, exist_ok=True)
     (old := landing / "old.json").write_text("{}")
     (new := landing / "new.json").write_text("{}")
     os.utime(old, (two_days_ago - 40 * 86400, two_days_ago - 40 * 86400))
-    assert delete_old_landing_files(30) == [old] and new.exists()
+    assert delete_old_landing_files(30) == [str(old)] and new.exists()

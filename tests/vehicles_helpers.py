@@ -8,9 +8,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
-
 from loaders.vehicles.lake import NAMESPACE, catalog
+from loaders.warehouse import query
 
 HEX = re.compile(r"[0-9a-fA-F]+")
 
@@ -52,12 +51,11 @@ def lake_counts_per_day(table_name: str, time_column: str) -> Counter:
     return Counter(row[time_column].astimezone(UTC).date().isoformat() for row in lake_rows(table_name))
 
 
-def warehouse_counts_per_day(warehouse: Path, table_name: str, time_column: str) -> Counter:
-    with duckdb.connect(str(warehouse), read_only=True) as connection:
-        connection.execute("set timezone = 'UTC'")
-        rows = connection.sql(
-            f"select cast({time_column} as date)::varchar, count(*) from raw_vehicles.{table_name} group by 1"
-        ).fetchall()
+def warehouse_counts_per_day(table_name: str, time_column: str) -> Counter:
+    _, rows = query(
+        f"select cast(cast({time_column} at time zone 'UTC' as date) as varchar), count(*) "
+        f"from raw_vehicles.{table_name} group by 1"
+    )
     return Counter(dict(rows))
 
 

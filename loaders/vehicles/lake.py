@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from pyarrow.fs import FileSelector, FileSystem
@@ -29,8 +30,9 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from loaders import storage
 from loaders.settings import data_dir
-from loaders.vehicles.registry import FileType
+from loaders.vehicles.registry import FileType, validate_identifier
 
 NAMESPACE = "raw_vehicles"
 BATCH_PROPERTY = "elt.batch-id"
@@ -70,9 +72,40 @@ def catalog() -> Catalog:
     if not uri:
         lake_dir().mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{lake_dir() / 'catalog.db'}"
-    lake = SqlCatalog("lake", uri=uri, warehouse=warehouse)
+    elif uri.startswith("postgresql"):
+        uri = in_own_schema(uri, os.environ.get("ICEBERG_CATALOG_SCHEMA", "iceberg_catalog"))
+    lake = SqlCatalog("lake", uri=uri, warehouse=warehouse, **object_storage_properties())
     lake.create_namespace_if_not_exists(NAMESPACE)
     return lake
+
+
+def object_storage_properties() -> dict[str, str]:
+    """pyiceberg's S3 settings from the standard AWS variables. The region must be given: without
+    it pyiceberg asks AWS where the bucket is. Credentials come from the AWS default chain."""
+    properties = {}
+    if endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+        properties["s3.endpoint"] = endpoint
+    if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+        properties["s3.region"] = region
+    return properties
+
+
+def in_own_schema(uri: str, schema: str) -> str:
+    """The catalog's tables go to a schema of their own (not `public`): created if missing, and
+    first on the connection's search_path (Java's JdbcCatalog reaches it with currentSchema=)."""
+    import sqlalchemy
+
+    validate_identifier(schema, "ICEBERG_CATALOG_SCHEMA")
+    url = sqlalchemy.make_url(uri)
+    if "options" in url.query:  # the user chose the search_path (or other options) already
+        return uri
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f'create schema if not exists "{schema}"')
+    finally:
+        engine.dispose()
+    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
 
 
 def table_schema(file_type: FileType) -> Schema:
@@ -133,6 +166,29 @@ def commit_batch(table: Table, data_files: list[str], batch_id: str, source_file
         else:
             # Nothing to add (every record rejected): still record the files as committed.
             transaction.append(table.schema().as_arrow().empty_table(), snapshot_properties=properties)
+
+
+def spark_output(folder: str) -> str:
+    """Where Spark writes a batch bound for `folder`: the folder itself when it is local; else a
+    local staging folder that publish_spark_output uploads (Spark reaches object storage only
+    with the hadoop-aws jars, which come from Maven). SPARK_STAGING_DIR must be shared by the
+    driver and the executors (one machine, NFS, HDFS)."""
+    if not storage.is_uri(folder):
+        return folder
+    root = os.environ.get("SPARK_STAGING_DIR") or str(data_dir() / "lake_staging")
+    return storage.join(Path(root).resolve().as_uri(), folder.replace("://", "/", 1))
+
+
+def publish_spark_output(folder: str) -> None:
+    """Upload a staged batch's Parquet files to the table's folder, then drop the staging copy.
+    Uploaded but uncommitted files are orphans that maintenance removes."""
+    staged = spark_output(folder)
+    if staged == folder:
+        return
+    local = Path(staged.removeprefix("file://"))
+    for path in sorted(local.rglob("*.parquet")):
+        storage.upload_file(path, storage.join(folder, path.relative_to(local).as_posix()))
+    shutil.rmtree(local, ignore_errors=True)
 
 
 def parquet_files(folder_uri: str) -> list[str]:
