@@ -23,12 +23,12 @@ export PREFECT_HOME ?= $(ELT_DATA_DIR)/.prefect
 
 DBT := $(BIN)/dbt
 
-.PHONY: help setup load build report docs query serve run test lint clean reset
+.PHONY: help setup load build report docs query serve run test bench lint clean reset
 
 help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline)"
 	@echo "make test   set up and run the test suite"
-	@echo "make load | build | report | docs | query | serve | lint | clean | reset"
+	@echo "make load | build | report | docs | query | serve | bench | lint | clean | reset"
 
 setup: $(SETUP_STAMP)
 
@@ -68,6 +68,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Measured figures, not assertions (bench/run.py); BENCH_ARGS="--events 200000" for a quick one.
+bench: setup
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
