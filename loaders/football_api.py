@@ -23,7 +23,7 @@ from dlt.sources.helpers.requests import Client
 from requests import RequestException, Response
 
 from loaders.http import FileAdapter, Throttle
-from loaders.landing import archive
+from loaders.landing import archive, sha256_hex
 from loaders.settings import as_list, project_path
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class ApiClient:
         ).session
         self._session.mount("file://", FileAdapter())
         self._throttle = Throttle(self.calls_per_minute if self.is_live else 0)
+        self.content_sha256: dict[str, str] = {}
 
     @property
     def is_live(self) -> bool:
@@ -99,11 +100,23 @@ class ApiClient:
         if response.status_code in SKIPPABLE_STATUSES:
             reason = SKIPPABLE_STATUSES[response.status_code]
             log.warning("football_api: %s %s: %s; skipped", response.status_code, url, reason)
+            self.content_sha256[url] = f"HTTP {response.status_code}"
             return Skipped(url, response.status_code, f"{reason}: {_excerpt(response)}")
         if response.status_code != 200:
             raise FootballApiError(f"GET {url} failed with HTTP {response.status_code}: {_excerpt(response)}")
         archive(response.content, "football_api", *_landing_folders(url), suffix=".json")
+        self.content_sha256[url] = sha256_hex(response.content)
         return _decode_object(response.content, url)
+
+    def is_unchanged(self, path: str, params: dict[str, Any] | None = None) -> bool:
+        """True when the response (or the refusal) equals the one loaded last time, as remembered
+        in the dlt state (committed with the load package): it is not loaded again."""
+        url = self.url(path, params)
+        loaded = dlt.current.source_state().setdefault("loaded_sha256", {})
+        if loaded.get(url) == self.content_sha256[url]:
+            return True
+        loaded[url] = self.content_sha256[url]
+        return False
 
     def _send(self, url: str) -> Response:
         for _ in range(self.policy.rate_limit_retries + 1):
@@ -213,19 +226,27 @@ def football_api(
     @dlt.resource(name="competitions", write_disposition="merge", primary_key="id")
     def all_competitions() -> Iterator[list[dict]]:
         """Every competition the token can see, with area and current season."""
-        yield available
+        if not client.is_unchanged("competitions"):
+            yield available
 
     @dlt.resource(selected=False)
     def season_teams() -> Iterator[tuple[dict, dict] | Skipped]:
         for competition in chosen:
-            body = client.get(f"competitions/{competition['id']}/teams", {"season": season_year})
-            yield body if isinstance(body, Skipped) else (competition, body)
+            path, params = f"competitions/{competition['id']}/teams", {"season": season_year}
+            body = client.get(path, params)
+            if not client.is_unchanged(path, params):
+                yield body if isinstance(body, Skipped) else (competition, body)
 
     @dlt.resource(selected=False)
     def season_matches() -> Iterator[dict | Skipped]:
         for competition in chosen:
-            key = competition.get("code") or competition["id"]
-            yield client.get(f"competitions/{key}/matches", {"season": season_year})
+            path, params = (
+                f"competitions/{competition.get('code') or competition['id']}/matches",
+                {"season": season_year},
+            )
+            body = client.get(path, params)
+            if not client.is_unchanged(path, params):
+                yield body
 
     @dlt.transformer(write_disposition="merge", primary_key="id")
     def teams(item: tuple[dict, dict] | Skipped) -> Iterator[list[dict]]:
@@ -251,7 +272,8 @@ def football_api(
 
     @dlt.transformer(table_name="skipped_requests", write_disposition="append")
     def skipped_requests(item: Any) -> Iterator[dict]:
-        """Requests the API refused (403 outside the plan, 404), so a partial load is visible."""
+        """Requests the API refused (403 outside the plan, 404), so a partial load is visible;
+        recorded when first refused, not again on every run."""
         if isinstance(item, Skipped):
             yield {
                 "url": item.url,

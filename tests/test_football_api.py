@@ -81,10 +81,32 @@ def test_all_plans_listing_with_nulls_loads_every_competition(data_dir, replay_a
     assert count("competitions", "plan = 'TIER_FOUR'") == 132
 
 
+LAST_LOADS = (
+    "select max(_dlt_load_id) from raw_football_api.teams "
+    "union all select max(_dlt_load_id) from raw_football_api.matches"
+)
+
+
 def test_reloading_the_same_responses_changes_no_counts(data_dir, replay_api):
     load(replay_api)
+    loads = rows(LAST_LOADS)
     load(replay_api)
     assert (count("teams"), count("matches"), count("competition_teams")) == (38, 306, 38)
+    # Unchanged responses are not loaded again: the rows still carry the first load's id,
+    # and the same refusal (the BSA matches 404) is not recorded twice.
+    assert rows(LAST_LOADS) == loads
+    assert count("skipped_requests") == 1
+
+
+def test_a_changed_response_is_loaded_again(data_dir, replay_api):
+    load(replay_api)
+    first = rows("select max(_dlt_load_id) from raw_football_api.teams")
+    body = json.loads(replay_api.routes[TEAMS_2002].read_bytes())
+    body["teams"][0]["name"] = "Renamed FC"
+    replay_api.routes[TEAMS_2002] = json.dumps(body).encode()
+    load(replay_api)
+    assert rows("select count(*) from raw_football_api.teams where name = 'Renamed FC'") == [(1,)]
+    assert rows("select max(_dlt_load_id) from raw_football_api.teams") != first
 
 
 def test_rate_limit_waits_for_the_counter_reset_then_retries(data_dir, replay_api):
