@@ -8,12 +8,13 @@ one can resume with `dbt retry` (failed and skipped nodes only).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir
+from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
 from loaders.warehouse import query
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 AUDIT_VARS = "{audit: true}"
 FAILED = ("fail", "error")
 SAMPLE_ROWS = 5
+PUBLISHED_INPUTS = "published_inputs.json"
+LOAD_MARKERS = ("_dlt_load_id", "batch_id")
+PROJECT_OUTPUT_DIRS = ("target", "logs", "dbt_packages")
 
 
 class DbtGateFailed(RuntimeError):
@@ -66,6 +70,53 @@ def invoke(args: list[str]):
     settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target)
     log.info("dbt %s", " ".join(args))
     return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
+
+
+def inputs_fingerprint(select: list[str] | None) -> str | None:
+    """A digest of everything a build reads: the dbt project's files, the selection and target,
+    and per source table of the last build's manifest its row count and newest load marker
+    (dlt's _dlt_load_id, the lake's batch_id). None before the first build."""
+    manifest = target_dir() / "manifest.json"
+    if not manifest.exists():
+        return None
+    digest = hashlib.sha256(json.dumps([target(), sorted(select or [])]).encode())
+    for path in sorted(DBT_PROJECT_DIR.rglob("*")):
+        relative = path.relative_to(DBT_PROJECT_DIR)
+        if path.is_file() and relative.parts[0] not in PROJECT_OUTPUT_DIRS:
+            digest.update(f"{relative}:{hashlib.sha256(path.read_bytes()).hexdigest()}".encode())
+    sources = json.loads(manifest.read_text())["sources"]
+    for unique_id in sorted(sources):
+        source = sources[unique_id]
+        digest.update(
+            json.dumps([unique_id, _table_state(source["schema"], source["identifier"])], default=str).encode()
+        )
+    return digest.hexdigest()
+
+
+def _table_state(schema: str, table: str) -> list:
+    _, columns = query(
+        "select column_name from information_schema.columns where table_schema = %s and table_name = %s",
+        [schema, table],
+    )
+    if not columns:
+        return ["missing"]
+    markers = [name for (name,) in columns if name in LOAD_MARKERS]
+    relation = ".".join('"' + part.replace('"', '""') + '"' for part in (schema, table))
+    _, [state] = query(f"select count(*){''.join(f', max({marker})' for marker in markers)} from {relation}")
+    return list(state)
+
+
+def already_published(fingerprint: str | None) -> bool:
+    """True when the last build was published from exactly these inputs (and did not fail since)."""
+    recorded = target_dir() / PUBLISHED_INPUTS
+    if fingerprint is None or not recorded.exists() or previous_run_failed():
+        return False
+    return json.loads(recorded.read_text()).get("fingerprint") == fingerprint
+
+
+def record_published(fingerprint: str | None) -> None:
+    if fingerprint is not None:
+        (target_dir() / PUBLISHED_INPUTS).write_text(json.dumps({"fingerprint": fingerprint}))
 
 
 def previous_run_failed() -> bool:

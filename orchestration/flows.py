@@ -183,10 +183,18 @@ def elt(
     reports: list[str] = []
     if build:
         outcome["freshness"] = check_source_freshness()
-        gate = build_and_gate(select, resume)
-        reports = publish()
-        outcome["tests"] = gate.counts
-        outcome["dbt_command"] = gate.command
+        inputs = dbt_gate.inputs_fingerprint(select)
+        if dbt_gate.already_published(inputs):
+            get_run_logger().info("nothing new since the last published build: gate and publish skipped")
+            outcome["gate_skipped"] = True
+        else:
+            gate = build_and_gate(select, resume)
+            reports = publish()
+            # Before the first build there is no manifest to read the inputs from; the build
+            # changed no source table, so they can be read now.
+            dbt_gate.record_published(inputs or dbt_gate.inputs_fingerprint(select))
+            outcome["tests"] = gate.counts
+            outcome["dbt_command"] = gate.command
     outcome["reports"] = reports
     outcome["tables"] = summarise_run()
     return outcome
@@ -201,6 +209,8 @@ def print_summary(outcome: dict) -> None:
     for lake in outcome.get("lake", []):
         if lake["failed_files"]:
             print(f"Failed files ({lake['file_type']}): {lake['failed_files']}")
+    if outcome.get("gate_skipped"):
+        print("dbt: nothing new since the last published build (same data, same project): gate and publish skipped")
     if "tests" in outcome:
         print("dbt: " + ", ".join(f"{count} {status}" for status, count in sorted(outcome["tests"].items())))
     print(f"Report: {report_dir()}")

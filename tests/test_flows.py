@@ -82,3 +82,8 @@ def test_the_gate_blocks_bad_data_keeps_published_marts_and_resumes_after_a_fix(
     assert "dbt gate: passed" in Artifact.get("dbt-gate").data
     assert marts_snapshot(data_dir) == published
     assert report.exists()
+
+    # 4. Nothing new arrives: the loaders load nothing, and the gate is skipped, not re-run.
+    fourth = run_football()
+    assert fourth.get("gate_skipped") is True and "tests" not in fourth
+    assert marts_snapshot(data_dir) == published
