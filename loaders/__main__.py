@@ -2,6 +2,7 @@
 
 python -m loaders football-csv --seasons 2425 --divisions E0,E1
 python -m loaders football-api --competitions PL,BL1 --season 2024
+python -m loaders status
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from loaders.status import report
+
+    print(report())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loaders", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cmd.add_argument("action", choices=["list", "show", "activate", "deactivate"])
     registry_cmd.add_argument("file_type", nargs="?")
     registry_cmd.set_defaults(handler=_registry)
+
+    status_cmd = commands.add_parser("status", help="rows per raw table, last loads, files per state, freshness")
+    status_cmd.set_defaults(handler=_status)
     return parser
 
 

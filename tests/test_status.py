@@ -1,0 +1,51 @@
+"""`python -m loaders status` as a user reads it, on both warehouse targets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from loaders.vehicles.files import discover, stage_sample
+
+from .conftest import run_dbt
+
+pytestmark = pytest.mark.integration
+
+
+def status() -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "loaders", "status"], env=dict(os.environ), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def line_for(output: str, first_cell: str) -> list[str]:
+    return next(line.split() for line in output.splitlines() if line.split()[:1] == [first_cell])
+
+
+def test_status_before_anything_is_loaded(data_dir):
+    output = status()
+    assert "Nothing loaded yet" in output
+    assert "No vehicle files" in output
+    assert "Source freshness: not checked yet" in output
+
+
+def test_status_shows_rows_last_loads_files_per_state_and_freshness(data_dir):
+    subprocess.run([sys.executable, "-m", "loaders", "football-csv"], env=dict(os.environ), check=True, timeout=300)
+    stage_sample()
+    discover()
+    run_dbt("source", "freshness", "--select", "source:football_data", data_dir=data_dir)
+
+    output = status()
+    matches = line_for(output, "raw_football.matches")
+    assert matches[1] == "1,284"  # the five bundled 2024/25 files
+    assert len(matches) == 4  # table, rows, and a last-load date and time
+    assert line_for(output, "raw_football.source_files")[1] == "5"
+    assert line_for(output, "vehicles_events") == ["vehicles_events", "0", "0", "12", "0", "0"]
+    assert line_for(output, "vehicles_status") == ["vehicles_status", "0", "0", "12", "0", "0"]
+    assert "Rejected records: none" in output
+    assert line_for(output, "football_data.matches")[1] == "pass"
