@@ -41,7 +41,7 @@ BENCH_DIR = PROJECT_ROOT / "bench"
 REAL_CSV_DIR = PROJECT_ROOT.parent / "shared" / "data" / "real" / "football_csv"
 SAMPLE_CSV_DIR = PROJECT_ROOT / "data" / "sample" / "football_csv"
 VEHICLE_MODELS = "+path:models/marts/vehicles"
-NAIVE_SAMPLE_RECORDS = 50_000
+NAIVE_SAMPLE_RECORDS = 20_000
 
 
 @dataclass
