@@ -1,6 +1,6 @@
 """dlt source: new lake rows → warehouse schema raw_vehicles, incrementally and Arrow end to end.
 
-Each lake table (every registered type's table and its rejected table) becomes one append-only
+Each lake table (every processed type's table and its rejected table) becomes one append-only
 resource. Rows carry the `batch_id` of the lake commit that wrote them, and batch ids sort in
 commit order, so the incremental cursor on `batch_id` loads exactly the batches committed since
 the last load. pyiceberg prunes data files by their batch_id statistics, and Arrow record
@@ -16,8 +16,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, GreaterThan
 
-from loaders.vehicles.lake import catalog, identifier
-from loaders.vehicles.registry import Registry
+from loaders.vehicles.lake import NAMESPACE, catalog, identifier
 
 DATASET = "raw_vehicles"
 
@@ -41,13 +40,8 @@ def lake_table(lake: Catalog, table_name: str):
 
 
 @dlt.source(name="vehicles_lake")
-def vehicles_lake(registry: Registry | None = None):
-    """One resource per lake table that exists: every registered type's table and its rejects."""
+def vehicles_lake():
+    """One resource per table in the lake (every processed type's table and its rejects): the
+    lake, not the warehouse's registry, says what there is, so a new warehouse loads it all."""
     lake = catalog()
-    names = [
-        name
-        for file_type in (registry or Registry()).list()
-        for name in (file_type.table_name, file_type.rejected_table_name)
-        if lake.table_exists(identifier(name))
-    ]
-    return [lake_table(lake, name) for name in names]
+    return [lake_table(lake, name) for _, name in sorted(lake.list_tables(NAMESPACE))]
