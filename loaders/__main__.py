@@ -16,6 +16,7 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import football_api, football_csv
 from loaders.settings import data_dir, pipeline, target
+from loaders.storage import StorageError
 from loaders.vehicles import files as vehicle_files
 from loaders.vehicles.registry import Registry, RegistryError
 
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-KNOWN_ERRORS = (football_csv.FootballCsvError, football_api.FootballApiError, RegistryError)
+KNOWN_ERRORS = (football_csv.FootballCsvError, football_api.FootballApiError, RegistryError, StorageError)
 
 
 def _known_cause(error: BaseException) -> BaseException | None:

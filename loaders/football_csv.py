@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 LIVE_BASE_URL = "https://www.football-data.co.uk/mmz4281"
 DIVISIONS_SEED = DBT_PROJECT_DIR / "seeds" / "divisions.csv"
 MATCH_KEY = ("division", "season", "match_date", "home_team", "away_team")
+# The largest real season file is ~220 KB; anything far beyond is not one, and is not read whole.
+MAX_FILE_BYTES = 32 << 20
 # Columns the loader adds; a source header that normalises to one of these gets a suffix.
 LOADER_COLUMNS = (
     "division",
@@ -320,8 +322,10 @@ def fetch(location: str, previous: dict) -> Fetched | None:
     as `not_modified` with no bytes.
     """
     if not _is_http(location):
+        path = _local_path(location)
         try:
-            return Fetched(_local_path(location).read_bytes())
+            _refuse_if_too_large(location, path.stat().st_size)
+            return Fetched(path.read_bytes())
         except FileNotFoundError:
             return None
     headers = {}
@@ -330,14 +334,31 @@ def fetch(location: str, previous: dict) -> Fetched | None:
     if previous.get("last_modified"):
         headers["If-Modified-Since"] = previous["last_modified"]
     try:
-        response = requests.get(location, headers=headers)
+        response = requests.get(location, headers=headers, stream=True)
     except requests.HTTPError as error:
         if error.response is not None and error.response.status_code == 404:
             return None
         raise FootballCsvError(f"{location}: {error}") from error
-    if response.status_code == 304:
-        return Fetched(b"", previous.get("etag"), previous.get("last_modified"), not_modified=True)
-    return Fetched(response.content, response.headers.get("ETag"), response.headers.get("Last-Modified"))
+    with response:
+        if response.status_code == 304:
+            return Fetched(b"", previous.get("etag"), previous.get("last_modified"), not_modified=True)
+        _refuse_if_too_large(location, int(response.headers.get("Content-Length") or 0))
+        body = bytearray()
+        for chunk in response.iter_content(1 << 20):
+            body += chunk
+            _refuse_if_too_large(location, len(body))
+    return Fetched(bytes(body), response.headers.get("ETag"), response.headers.get("Last-Modified"))
+
+
+class FileTooLarge(FootballCsvError):
+    """Refused before it is read whole: memory stays bounded whatever a server sends."""
+
+
+def _refuse_if_too_large(location: str, size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise FileTooLarge(
+            f"{location} is larger than {MAX_FILE_BYTES >> 20} MiB: not a football-data.co.uk season file"
+        )
 
 
 # --- the dlt source --------------------------------------------------------------------------
@@ -400,7 +421,12 @@ def season_files(
             if request_delay and _is_http(location) and (report.loaded or report.unchanged or report.missing):
                 sleep(request_delay)
             previous = {} if force else known.get(name, {})
-            fetched = fetch(location, previous)
+            try:
+                fetched = fetch(location, previous)
+            except FileTooLarge as error:
+                log.error("football_csv: %s", error)
+                report.failed[name] = str(error)
+                continue
             if fetched is None:
                 log.warning("football_csv: %s not found at %s; skipped", name, location)
                 report.missing.append(name)

@@ -42,22 +42,34 @@ def read_bytes(location: str | Path) -> bytes:
         return stream.read()
 
 
+class StorageError(OSError):
+    """A write that could not complete (disk full, permissions, unreachable bucket)."""
+
+
 def write_once(location: str | Path, raw: bytes) -> None:
     """Write a whole file so that no reader ever sees part of it: locally through a temporary
-    file and an atomic rename; an object store publishes an object only when its upload completes."""
+    file and an atomic rename; an object store publishes an object only when its upload completes.
+    On failure nothing is left under the final name, nor a partial file."""
     if is_uri(location):
         filesystem, path = resolve(location)
-        with filesystem.open_output_stream(path) as stream:
-            stream.write(raw)
+        try:
+            with filesystem.open_output_stream(path) as stream:
+                stream.write(raw)
+        except OSError as error:
+            raise StorageError(f"could not write {location}: {error}") from error
         return
     path = Path(resolve(location)[1])
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        handle.write(raw)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise StorageError(f"could not write {location}: {error.strerror or error}") from error
 
 
 def files_under(location: str | Path) -> list[tuple[str, float]]:

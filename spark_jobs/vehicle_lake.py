@@ -39,6 +39,7 @@ from loaders.vehicles.registry import Field, FileType, Registry
 from spark_jobs.session import spark_session
 
 log = logging.getLogger("spark_jobs.vehicle_lake")
+DEFAULT_MAX_FILE_BYTES = 64 << 20
 
 SPARK_TYPES = {"string": "string", "json": "string", "long": "bigint", "double": "double", "boolean": "boolean"}
 
@@ -159,8 +160,9 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
             report.recovered_files.append(path.name)
         elif path.stat().st_size == 0:
             report.failed_files[path.name] = "empty file"
-        elif path.stat().st_size > int(file_type.processing.get("max_file_bytes", 1 << 28)):
-            report.failed_files[path.name] = f"file larger than max_file_bytes={file_type.processing['max_file_bytes']}"
+        elif path.stat().st_size > (limit := int(file_type.processing.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))):
+            # Refused before Spark reads it: a file is one row of wholetext, so its size bounds memory.
+            report.failed_files[path.name] = f"file larger than max_file_bytes={limit}"
         else:
             todo.append(path)
     for name, reason in report.failed_files.items():

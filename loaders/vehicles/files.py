@@ -145,6 +145,8 @@ def _infer(path: Path, file_type: str):
         document = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RegistryError(f"{path.name} is not JSON: {error}") from None
+    except RecursionError:
+        raise RegistryError(f"{path.name} is nested too deeply to infer a schema from") from None
     return infer_file_type(file_type, document)
 
 
