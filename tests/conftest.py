@@ -213,3 +213,20 @@ def tables_in(schema: str) -> set[str]:
     return {
         name for (name,) in rows("select table_name from information_schema.tables where table_schema = %s", [schema])
     }
+
+
+def reachable_from_outside(port: int) -> bool:
+    """Whether a port answers on this machine's non-loopback address (servers must bind 127.0.0.1)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, a route is only chosen
+            address = probe.getsockname()[0]
+        except OSError:
+            return False  # no other interface: nothing outside can reach it
+    if address.startswith("127."):
+        return False
+    with socket.socket() as client:
+        client.settimeout(2)
+        return client.connect_ex((address, port)) == 0

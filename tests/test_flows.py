@@ -12,7 +12,7 @@ from loaders.warehouse import query
 from orchestration import dbt_gate
 from orchestration.flows import elt
 
-from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files
+from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows
 
 pytestmark = pytest.mark.integration
 FOOTBALL = ["+path:models/marts/football", "+path:models/marts/reporting"]
@@ -87,3 +87,13 @@ def test_the_gate_blocks_bad_data_keeps_published_marts_and_resumes_after_a_fix(
     fourth = run_football()
     assert fourth.get("gate_skipped") is True and "tests" not in fourth
     assert marts_snapshot(data_dir) == published
+
+    # 5. Every schema written is the project's own: nothing in public (Postgres), main (DuckDB)
+    # or the profile's default schema.
+    assert (
+        rows(
+            "select table_schema, table_name from information_schema.tables "
+            "where table_schema in ('public', 'main', 'analytics')"
+        )
+        == []
+    )

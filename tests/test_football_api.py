@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -236,3 +239,31 @@ def test_recorded_files_are_addressed_like_the_api(tmp_path):
     )
     client = ApiClient(str(tmp_path), calls_per_minute=10)
     assert not client.is_live and client.url("competitions").startswith("file://")
+
+
+@pytest.mark.one_target  # about logs, not the warehouse
+def test_the_token_never_reaches_the_logs_even_when_a_request_fails(data_dir, replay_api):
+    replay_api.fail(TEAMS_2002, *[Fault(403, body=b'{"message": "restricted resource"}')])
+    env = {**os.environ, "SOURCES__FOOTBALL_API__API_TOKEN": TOKEN, "RUNTIME__LOG_LEVEL": "DEBUG"}
+    ok = subprocess.run(
+        [sys.executable, "-m", "loaders", "football-api", "--base-url", replay_api.base_url, "--competitions", "BL1"]
+        + ["--season", "2022", "--calls-per-minute", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "403" in ok.stderr  # the refusal is logged, with its URL
+    replay_api.fail(MATCHES_BL1, *[Fault(500)] * 10)
+    failed = subprocess.run(
+        [sys.executable, "-m", "loaders", "football-api", "--base-url", replay_api.base_url, "--competitions", "BL1"]
+        + ["--season", "2022", "--calls-per-minute", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode != 0 and "500" in failed.stderr
+    for output in (ok.stdout, ok.stderr, failed.stdout, failed.stderr):
+        assert TOKEN not in output

@@ -1,0 +1,132 @@
+"""Faults: a step SIGKILLed half-way then re-run ends with exact counts; a full disk is a clear
+error that commits nothing. (The Spark job's own kill test is in test_vehicle_lake.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from loaders.vehicles.files import discover, state_dir
+from loaders.vehicles.generate import generate
+from spark_jobs.vehicle_lake import run as run_lake_job
+
+from .conftest import lay_out_as_site, real_csv_files, rows, run_dbt, tables_in
+from .test_vehicle_lake import event_identity, summary
+from .vehicles_helpers import expected_daily_summary, good_events, lake_rows
+
+pytestmark = pytest.mark.integration
+VEHICLE_MODELS = "+path:models/marts/vehicles"
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def kill_when(job: subprocess.Popen, condition: Callable[[], bool], timeout: float = 180) -> bool:
+    """SIGKILL the job's process group as soon as `condition()` holds; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if job.poll() is not None:
+            return False
+        if condition():
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=30)
+            return True
+        time.sleep(0.005)
+    os.killpg(job.pid, signal.SIGKILL)
+    raise AssertionError("the job neither reached the kill point nor ended")
+
+
+def any_file(folder: Path, pattern: str = "*") -> Callable[[], bool]:
+    return lambda: folder.is_dir() and next(folder.rglob(pattern), None) is not None
+
+
+@pytest.fixture(scope="module")
+def lake_batch(module_data_dir: Path) -> dict:
+    """A committed lake batch, not yet loaded into the warehouse."""
+    manifest = generate(state_dir("incoming"), files=8, events_per_file=1500, seed=41, quirks=True)
+    discover()
+    run_lake_job()
+    return {"manifest": manifest, "data_dir": module_data_dir}
+
+
+def test_sigkill_during_the_lake_to_warehouse_load_then_rerun_loads_each_row_once(lake_batch):
+    packages = lake_batch["data_dir"] / ".dlt_pipelines" / "vehicles_lake"
+    kill_points = {
+        "extracting": any_file(packages / "normalize" / "extracted"),
+        "normalized, not loaded": any_file(packages / "load" / "normalized"),
+        "loading jobs": any_file(packages / "load" / "normalized", "started_jobs/*"),
+    }
+    killed = [
+        name
+        for name, condition in kill_points.items()
+        if kill_when(start([sys.executable, "-m", "loaders", "vehicles", "load"]), condition)
+    ]
+    assert killed, "no kill point was reached"
+    subprocess.run([sys.executable, "-m", "loaders", "vehicles", "load"], check=True, timeout=300)
+
+    for table in ("vehicle_events", "vehicle_status", "vehicle_events_rejected"):
+        expected = len(lake_rows(table))
+        assert rows(f"select count(*) from raw_vehicles.{table}") == [(expected,)], table
+        distinct = rows(f"select count(distinct source_file || ':' || source_position) from raw_vehicles.{table}")
+        assert distinct == [(expected,)], f"{table}: a row loaded twice (killed at {killed})"
+
+
+def test_sigkill_during_dbt_build_then_rerun_ends_with_the_right_marts(lake_batch):
+    data_dir = lake_batch["data_dir"]
+    log = data_dir / "dbt_logs" / "dbt.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text("")
+    dbt = [str(Path(sys.executable).parent / "dbt"), "build", "--select", VEHICLE_MODELS]
+    dbt += ["--target-path", str(data_dir / "dbt_target"), "--log-path", str(data_dir / "dbt_logs")]
+    mid_build = lambda: "model marts.fct_vehicle_events" in log.read_text(errors="replace")  # noqa: E731
+    kill_when(start(dbt), mid_build)
+    run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
+
+    processed = state_dir("processed", "vehicles_events")
+    expected = {event_identity(event) for event in good_events(processed)}
+    ((count, distinct),) = rows("select count(*), count(distinct event_id) from marts.fct_vehicle_events")
+    assert count == distinct == len(expected)
+    assert summary() == expected_daily_summary(good_events(processed))
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: writes beyond it fail with ENOSPC, like a full landing disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_landing_disk_is_a_clear_error_and_commits_nothing(data_dir, tmp_path, full_disk):
+    files = [p for p in real_csv_files() if p.name in ("0102_E0.csv", "2425_E0.csv", "1920_E0.csv", "1819_D1.csv")]
+    site = lay_out_as_site(files, tmp_path / "site")
+    (full_disk / "filler").write_bytes(b"x" * (200 * 1024))  # what is left is smaller than one season file
+    env = {**os.environ, "ELT_LANDING_DIR": str(full_disk / "landing")}
+    result = subprocess.run(
+        [sys.executable, "-m", "loaders", "football-csv", "--base-url", str(site), "--seasons", "0102,1819,1920,2425"]
+        + ["--divisions", "E0,D1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "No space left on device" in result.stderr and "nothing from this run was loaded" in result.stderr
+    assert not [p for p in (full_disk / "landing").rglob("*") if p.is_file()]  # no partial file either
+    assert not tables_in("raw_football") or rows("select count(*) from raw_football.matches") == [(0,)]
