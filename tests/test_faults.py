@@ -130,3 +130,80 @@ def test_a_full_landing_disk_is_a_clear_error_and_commits_nothing(data_dir, tmp_
     assert "No space left on device" in result.stderr and "nothing from this run was loaded" in result.stderr
     assert not [p for p in (full_disk / "landing").rglob("*") if p.is_file()]  # no partial file either
     assert not tables_in("raw_football") or rows("select count(*) from raw_football.matches") == [(0,)]
+
+
+@pytest.fixture
+def own_postgres_server() -> Iterator[dict]:
+    """A Postgres server of the test's own (initdb on a free port), so it can be restarted
+    mid-load without touching the machine's shared server."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if os.geteuid() != 0 or not binaries or not shutil.which("runuser"):
+        pytest.skip("needs root, runuser and the PostgreSQL server binaries to start a private server")
+    bin_dir = binaries[-1].parent
+    account = pwd.getpwnam("postgres")
+    home = Path(tempfile.mkdtemp(prefix="elt-test-pg-"))  # pytest's tmp dirs are private to root
+    os.chown(home, account.pw_uid, account.pw_gid)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def as_postgres(*command: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, timeout=120)
+
+    as_postgres(str(bin_dir / "initdb"), "-D", str(home / "data"), "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+    ctl = [str(bin_dir / "pg_ctl"), "-D", str(home / "data"), "-l", str(home / "log"), "-w", "-o", options]
+    as_postgres(*ctl, "start")
+    try:
+        yield {"port": port, "restart": lambda: as_postgres(*ctl, "-m", "fast", "restart"), "log": home / "log"}
+    finally:
+        as_postgres(*ctl, "-m", "immediate", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.one_target  # it brings its own Postgres
+def test_postgres_restarted_mid_load_the_flow_task_retries_and_loads_each_row_once(
+    data_dir, own_postgres_server, prefect_api, monkeypatch
+):
+    import threading
+
+    from prefect import flow
+
+    from orchestration.flows import load_lake_to_warehouse
+
+    monkeypatch.setenv("ELT_TARGET", "postgres")
+    monkeypatch.setenv("PGHOST", "127.0.0.1")
+    monkeypatch.setenv("PGPORT", str(own_postgres_server["port"]))
+    monkeypatch.setenv("PGDATABASE", "postgres")
+    generate(state_dir("incoming"), files=10, events_per_file=4000, seed=43)
+    discover()
+    run_lake_job()
+
+    outcome: dict = {}
+
+    @flow
+    def load_only() -> None:
+        load_lake_to_warehouse()
+
+    loader = threading.Thread(target=lambda: outcome.setdefault("state", load_only(return_state=True)))
+    loading = any_file(data_dir / ".dlt_pipelines" / "vehicles_lake" / "load" / "normalized", "started_jobs/*")
+    loader.start()
+    deadline = time.monotonic() + 120
+    while not loading() and loader.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert loader.is_alive(), "the load finished before the server could be restarted"
+    own_postgres_server["restart"]()
+    loader.join(timeout=240)
+    assert not loader.is_alive() and outcome["state"].is_completed(), outcome.get("state")
+    assert "received fast shutdown request" in own_postgres_server["log"].read_text()
+    for table in ("vehicle_events", "vehicle_status"):
+        expected = len(lake_rows(table))
+        ((count, distinct),) = rows(
+            f"select count(*), count(distinct source_file || ':' || source_position) from raw_vehicles.{table}"
+        )
+        assert count == distinct == expected, table
