@@ -1,8 +1,10 @@
 """Faults: a step SIGKILLed half-way then re-run ends with exact counts; a full disk is a clear
-error that commits nothing. (The Spark job's own kill test is in test_vehicle_lake.py.)"""
+error that commits nothing. (The Spark job's own kill test is in test_vehicle_lake.py; the kills
+inside its pyiceberg commits are here.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,11 +17,13 @@ import pytest
 
 from loaders.vehicles.files import discover, state_dir
 from loaders.vehicles.generate import generate
+from loaders.vehicles.lake import NAMESPACE, catalog, committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import lay_out_as_site, real_csv_files, rows, run_dbt, tables_in
+from .iceberg_commit_faults import KILL_POINTS, REJECTED_TABLE, TABLE
 from .test_vehicle_lake import event_identity, summary
-from .vehicles_helpers import expected_daily_summary, good_events, lake_rows
+from .vehicles_helpers import count_files, expected_daily_summary, good_events, lake_rows
 
 pytestmark = pytest.mark.integration
 VEHICLE_MODELS = "+path:models/marts/vehicles"
@@ -97,6 +101,72 @@ def test_sigkill_during_dbt_build_then_rerun_ends_with_the_right_marts(lake_batc
     ((count, distinct),) = rows("select count(*), count(distinct event_id) from marts.fct_vehicle_events")
     assert count == distinct == len(expected)
     assert summary() == expected_daily_summary(good_events(processed))
+
+
+def unreferenced_metadata_files(table_name: str) -> set[str]:
+    """metadata.json files in the table's folder that the catalog's pointer (and its log) never took."""
+    table = catalog().load_table(f"{NAMESPACE}.{table_name}")
+    referenced = {table.metadata_location} | {entry.metadata_file for entry in table.metadata.metadata_log}
+    folder = Path(table.location().removeprefix("file://")) / "metadata"
+    return {path.name for path in folder.glob("*.metadata.json")} - {Path(uri).name for uri in referenced}
+
+
+def waiting_events_files() -> set[str]:
+    return {path.name for path in state_dir("processing", "vehicles_events").glob("*.json")}
+
+
+def ledger(table_name: str) -> set[str]:
+    return committed_files(catalog().load_table(f"{NAMESPACE}.{table_name}"))
+
+
+def test_sigkill_inside_each_iceberg_commit_then_rerun_ends_with_exact_counts(data_dir, tmp_path):
+    """Each kill leaves the state its name says; each re-run recovers from it and dies at the next."""
+    manifest = generate(state_dir("incoming"), files=4, events_per_file=600, seed=47, quirks=True)
+    discover()
+    state_after = {
+        "rejected table: new metadata written, catalog pointer not moved": lambda: (
+            unreferenced_metadata_files(REJECTED_TABLE) and not ledger(REJECTED_TABLE) and not ledger(TABLE)
+        ),
+        "rejected table committed, main table not": lambda: (
+            ledger(REJECTED_TABLE) == waiting_events_files() and not ledger(TABLE)
+        ),
+        "main table: new metadata written, catalog pointer not moved": lambda: (
+            unreferenced_metadata_files(TABLE) and not ledger(TABLE)
+        ),
+        "main table committed, files not yet moved to processed": lambda: ledger(TABLE) == waiting_events_files(),
+    }
+    assert list(state_after) == list(KILL_POINTS)
+    for point, holds in state_after.items():
+        log = tmp_path / "lake_job.log"
+        with log.open("w") as stderr:
+            job = subprocess.Popen(
+                [sys.executable, "-m", "tests.iceberg_commit_faults", point],
+                env=dict(os.environ),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+            returncode = job.wait(timeout=300)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)  # the driver died; its JVM must not outlive it
+        assert returncode == -signal.SIGKILL, f"{point}: exit {returncode}\n{log.read_text()[-3000:]}"
+        assert holds(), f"not the state a kill at '{point}' leaves"
+    run_lake_job()
+
+    assert len(lake_rows("vehicle_events")) == manifest.good["vehicles_events"]
+    assert len(lake_rows("vehicle_status")) == manifest.good["vehicles_status"]
+    rejected = lake_rows("vehicle_events_rejected")
+    assert len(rejected) == len(manifest.rejected["vehicles_events"])
+    for table in ("vehicle_events", "vehicle_events_rejected"):
+        positions = [(row["source_file"], row["source_position"]) for row in lake_rows(table)]
+        assert len(positions) == len(set(positions)), f"{table}: a record committed twice"
+    accounted = sum(
+        count_files(state_dir(s, t)) for s in ("processed", "failed") for t in ("vehicles_events", "vehicles_status")
+    )
+    assert accounted == len(set(manifest.files)) and not waiting_events_files()
+    subprocess.run([sys.executable, "-m", "loaders", "vehicles", "load"], check=True, timeout=300)
+    for table in ("vehicle_events", "vehicle_status", "vehicle_events_rejected"):
+        assert rows(f"select count(*) from raw_vehicles.{table}") == [(len(lake_rows(table)),)], table
 
 
 @pytest.fixture
