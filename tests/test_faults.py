@@ -22,32 +22,12 @@ from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import lay_out_as_site, real_csv_files, rows, run_dbt, tables_in
 from .iceberg_commit_faults import KILL_POINTS, REJECTED_TABLE, TABLE
+from .processes import kill_when, start
 from .test_vehicle_lake import event_identity, summary
 from .vehicles_helpers import count_files, expected_daily_summary, good_events, lake_rows
 
 pytestmark = pytest.mark.integration
 VEHICLE_MODELS = "+path:models/marts/vehicles"
-
-
-def start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-
-
-def kill_when(job: subprocess.Popen, condition: Callable[[], bool], timeout: float = 180) -> bool:
-    """SIGKILL the job's process group as soon as `condition()` holds; False if it ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if job.poll() is not None:
-            return False
-        if condition():
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait(timeout=30)
-            return True
-        time.sleep(0.005)
-    os.killpg(job.pid, signal.SIGKILL)
-    raise AssertionError("the job neither reached the kill point nor ended")
 
 
 def any_file(folder: Path, pattern: str = "*") -> Callable[[], bool]:

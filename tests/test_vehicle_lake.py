@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -26,6 +24,7 @@ from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows, run_dbt
+from .processes import kill_when, start
 from .vehicles_helpers import (
     count_files,
     expected_daily_summary,
@@ -227,29 +226,7 @@ def test_a_new_file_type_is_processed_after_activation_with_no_code_change(data_
     assert rows("select count(*) from raw_vehicles.vehicles_trips") == [(3,)]
 
 
-def _lake_job(data_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "spark_jobs.vehicle_lake"],
-        env={**os.environ, "ELT_DATA_DIR": str(data_dir)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill takes the JVM down too
-    )
-
-
-def _kill_when(job: subprocess.Popen, condition, timeout: float = 240) -> bool:
-    """SIGKILL the job's whole process group as soon as `condition()` holds; False if it ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if job.poll() is not None:
-            return False
-        if condition():
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait(timeout=30)
-            return True
-        time.sleep(0.02)
-    os.killpg(job.pid, signal.SIGKILL)
-    raise AssertionError("the lake job neither reached the kill point nor ended")
+LAKE_JOB = [sys.executable, "-m", "spark_jobs.vehicle_lake"]
 
 
 def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir):
@@ -264,11 +241,11 @@ def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir)
     killed = []
     for name, condition in kill_points.items():
         started = time.monotonic()
-        if _kill_when(_lake_job(data_dir), condition):
+        if kill_when(start(LAKE_JOB), condition):
             killed.append(name)
     print(f"killed at: {killed}")
     assert "JVM starting" in killed and "Parquet being written" in killed, killed
-    assert _lake_job(data_dir).wait(timeout=300) == 0
+    assert start(LAKE_JOB).wait(timeout=300) == 0
 
     assert len(lake_rows("vehicle_events")) == manifest.good["vehicles_events"]
     assert len(lake_rows("vehicle_status")) == manifest.good["vehicles_status"]
