@@ -215,18 +215,18 @@ def tables_in(schema: str) -> set[str]:
     }
 
 
-def reachable_from_outside(port: int) -> bool:
-    """Whether a port answers on this machine's non-loopback address (servers must bind 127.0.0.1)."""
-    import socket
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on a port (read from the kernel, no traffic)."""
+    import psutil
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, a route is only chosen
-            address = probe.getsockname()[0]
-        except OSError:
-            return False  # no other interface: nothing outside can reach it
-    if address.startswith("127."):
-        return False
-    with socket.socket() as client:
-        client.settimeout(2)
-        return client.connect_ex((address, port)) == 0
+    return {
+        connection.laddr.ip
+        for connection in psutil.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+    }
+
+
+def listens_on_loopback_only(port: int) -> bool:
+    addresses = listening_addresses(port)
+    assert addresses, f"nothing listens on port {port}"
+    return all(address in ("127.0.0.1", "::1") for address in addresses)

@@ -18,7 +18,7 @@ import pytest
 
 from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
 
-from .conftest import QUIET_TOOLS, reachable_from_outside, run_dbt
+from .conftest import QUIET_TOOLS, listens_on_loopback_only, run_dbt
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_target]
 CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
@@ -86,7 +86,7 @@ def render(page: str, screenshot: Path | None = None) -> str:
 def test_the_docs_are_served_on_loopback_only(docs_server):
     manifest = json.load(urllib.request.urlopen(f"{docs_server}/manifest.json", timeout=10))
     assert "model.elt.daily_summary" in manifest["nodes"]
-    assert not reachable_from_outside(int(docs_server.rsplit(":", 1)[1]))
+    assert listens_on_loopback_only(int(docs_server.rsplit(":", 1)[1]))
 
 
 def test_the_daily_summary_page_renders_with_its_columns(docs_server, module_data_dir):

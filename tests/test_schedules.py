@@ -20,7 +20,7 @@ from loaders.warehouse import query
 from orchestration.flows import backfill, maintenance
 from orchestration.serve import deployments
 
-from .conftest import lay_out_api_recordings, lay_out_as_site, reachable_from_outside, real_csv_files
+from .conftest import lay_out_api_recordings, lay_out_as_site, listens_on_loopback_only, real_csv_files
 
 pytestmark = pytest.mark.integration
 DEPLOYMENTS = {"vehicles-hourly", "daily-summary", "football-weekly", "maintenance-daily"}
@@ -66,7 +66,7 @@ def test_served_deployments_run_on_a_real_local_server(data_dir, tmp_path):
                         names = {d.name for d in client.read_deployments()}
                 except Exception:
                     names = set()
-            assert not reachable_from_outside(port)  # the Prefect server listens on 127.0.0.1 only
+            assert listens_on_loopback_only(port)  # the Prefect server listens on 127.0.0.1 only
             run = run_deployment("elt/vehicles-hourly", timeout=240)
             assert run.state.is_completed(), run.state
     finally:
