@@ -202,8 +202,6 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
         rejected_folder = f"{rejected_table.location()}/data/batch_id={batch_id}"
         good.repartition("day").write.partitionBy("day").parquet(spark_output(data_folder))
         rejected.coalesce(1).write.parquet(spark_output(rejected_folder))
-        report.rows = good.count()
-        report.rejected = rejected.count()
     finally:
         rows.unpersist()
 
@@ -214,8 +212,8 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
     for folder in (rejected_folder, data_folder):
         publish_spark_output(folder)
     # The rejected table first: the main table's commit is the one that marks a file done.
-    commit_batch(rejected_table, parquet_files(rejected_folder), batch_id, committed)
-    commit_batch(table, parquet_files(data_folder), batch_id, committed)
+    report.rejected = commit_batch(rejected_table, parquet_files(rejected_folder), batch_id, committed)
+    report.rows = commit_batch(table, parquet_files(data_folder), batch_id, committed)
     for name in committed:
         lifecycle.move(
             lifecycle.state_dir("processing", file_type.file_type) / name,

@@ -157,8 +157,9 @@ def committed_files(table: Table) -> set[str]:
     return names
 
 
-def commit_batch(table: Table, data_files: list[str], batch_id: str, source_files: list[str]) -> None:
-    """One atomic snapshot adding the batch's Parquet files and recording its source files."""
+def commit_batch(table: Table, data_files: list[str], batch_id: str, source_files: list[str]) -> int:
+    """One atomic snapshot adding the batch's Parquet files and recording its source files;
+    returns the number of records it added (from the snapshot summary)."""
     properties = {BATCH_PROPERTY: batch_id, FILES_PROPERTY: json.dumps(sorted(source_files))}
     with table.transaction() as transaction:
         if data_files:
@@ -166,6 +167,7 @@ def commit_batch(table: Table, data_files: list[str], batch_id: str, source_file
         else:
             # Nothing to add (every record rejected): still record the files as committed.
             transaction.append(table.schema().as_arrow().empty_table(), snapshot_properties=properties)
+    return int(table.current_snapshot().summary["added-records"] or 0)
 
 
 def spark_output(folder: str) -> str:
