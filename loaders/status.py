@@ -102,8 +102,7 @@ def files_per_state(root: Path | None = None) -> dict[str, dict[str, int]]:
 def freshness(results: Path | None = None) -> tuple[datetime | None, list[tuple[str, str, str]]]:
     """When freshness was last checked and (source, status, max loaded at) per source."""
     candidates = [
-        data_dir() / "dbt_target" / "operations" / "sources.json",  # the elt flow's check
-        data_dir() / "dbt_target" / "sources.json",
+        data_dir() / "dbt_target" / "sources.json",  # the elt flow's check
         DBT_PROJECT_DIR / "target" / "sources.json",  # a plain `dbt source freshness`
     ]
     existing = [path for path in ([results] if results else candidates) if path.exists()]

@@ -57,17 +57,17 @@ def target_dir() -> Path:
     return data_dir() / "dbt_target"
 
 
-def operations_target_dir() -> Path:
-    """Where commands other than build/retry write, so the build's run_results.json survives them."""
-    return target_dir() / "operations"
-
-
 def invoke(args: list[str]):
-    """Run one dbt command through PrefectDbtRunner (one Prefect task per node inside a flow)."""
+    """Run one dbt command through PrefectDbtRunner (one Prefect task per node inside a flow).
+
+    Every command shares one target folder, so each reuses the previous one's parse (with the
+    same vars). Only build and retry write run_results.json there: `dbt retry` reads it, and
+    freshness writes sources.json instead; anything else runs with --no-write-json."""
     from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 
-    target = target_dir() if args[0] in ("build", "retry") else operations_target_dir()
-    settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target)
+    if args[0] not in ("build", "retry", "source"):
+        args = [*args, "--no-write-json"]
+    settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target_dir())
     log.info("dbt %s", " ".join(args))
     return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
 
