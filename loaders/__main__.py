@@ -2,6 +2,7 @@
 
 python -m loaders football-csv --seasons 2425 --divisions E0,E1
 python -m loaders football-api --competitions PL,BL1 --season 2024
+python -m loaders football-csv --seasons previous,current   # resolved from today's UTC date
 python -m loaders status
 """
 
@@ -15,6 +16,7 @@ import sys
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import football_api, football_csv
+from loaders.seasons import SeasonError, resolve_season_range
 from loaders.settings import data_dir, pipeline, target
 from loaders.storage import StorageError
 from loaders.vehicles import files as vehicle_files
@@ -28,7 +30,7 @@ def _football_csv(args: argparse.Namespace) -> int:
     if args.start_year is not None or args.end_year is not None:
         if args.start_year is None or args.end_year is None:
             raise football_csv.FootballCsvError("a season range needs both --from and --to")
-        options["seasons"] = football_csv.seasons_between(args.start_year, args.end_year)
+        options["seasons"] = resolve_season_range(args.start_year, args.end_year)
     if args.divisions:
         options["divisions"] = args.divisions
     if args.live:
@@ -40,7 +42,7 @@ def _football_csv(args: argparse.Namespace) -> int:
     info = pipeline("football_csv", "raw_football").run(source)
     print(info)
     print(
-        f"football_csv: {len(report.loaded)} loaded, {len(report.unchanged)} unchanged, "
+        f"football_csv ({', '.join(report.seasons)}): {len(report.loaded)} loaded, {len(report.unchanged)} unchanged, "
         f"{len(report.missing)} not found, {len(report.failed)} failed"
     )
     for name, reason in report.failed.items():
@@ -60,9 +62,11 @@ def _football_api(args: argparse.Namespace) -> int:
         options["base_url"] = args.base_url
     if args.calls_per_minute is not None:
         options["calls_per_minute"] = args.calls_per_minute
-    source = football_api.football_api(**options)
+    report = football_api.LoadReport()
+    source = football_api.football_api(report=report, **options)
     info = pipeline("football_api", "raw_football_api").run(source)
     print(info)
+    print(f"football_api: season {report.season}")
     return 0
 
 
@@ -121,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     csv_cmd = commands.add_parser("football-csv", help="load football-data.co.uk season CSVs")
-    csv_cmd.add_argument("--seasons", help="comma-separated season codes, e.g. 2324,2425")
-    csv_cmd.add_argument("--from", dest="start_year", type=int, help="first season's start year, e.g. 2019")
-    csv_cmd.add_argument("--to", dest="end_year", type=int, help="last season's start year, e.g. 2024")
+    csv_cmd.add_argument("--seasons", help="comma-separated season codes, e.g. 2324,2425, or current, previous")
+    csv_cmd.add_argument("--from", dest="start_year", help="first season's start year, e.g. 2019, or previous")
+    csv_cmd.add_argument("--to", dest="end_year", help="last season's start year, e.g. 2024, or current")
     csv_cmd.add_argument("--divisions", help="comma-separated division codes, e.g. E0,E1")
     source = csv_cmd.add_mutually_exclusive_group()
     source.add_argument("--base-url", help="where <season>/<division>.csv files live (URL or folder)")
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     api_cmd = commands.add_parser("football-api", help="load football-data.org v4 competitions, teams, matches")
     api_cmd.add_argument("--competitions", help="comma-separated codes or ids, e.g. PL,BL1")
-    api_cmd.add_argument("--season", type=int, help="start year of the season, e.g. 2024")
+    api_cmd.add_argument("--season", help="start year of the season, e.g. 2024, or current, previous")
     api_source = api_cmd.add_mutually_exclusive_group()
     api_source.add_argument("--base-url", help="API base URL, or a folder of recorded responses")
     api_source.add_argument("--live", action="store_true", help=f"call {football_api.LIVE_BASE_URL} (needs a token)")
@@ -179,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-KNOWN_ERRORS = (football_csv.FootballCsvError, football_api.FootballApiError, RegistryError, StorageError)
+KNOWN_ERRORS = (
+    football_csv.FootballCsvError,
+    football_api.FootballApiError,
+    SeasonError,
+    RegistryError,
+    StorageError,
+)
 
 
 def _known_cause(error: BaseException) -> BaseException | None:

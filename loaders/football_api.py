@@ -24,6 +24,7 @@ from requests import RequestException, Response
 
 from loaders.http import FileAdapter, Throttle
 from loaders.landing import archive, sha256_hex
+from loaders.seasons import resolve_start_year
 from loaders.settings import as_list, project_path
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,13 @@ class RetryPolicy:
     rate_limit_retries: int = 3  # 429s in a row before giving up
     max_rate_limit_wait: float = 65.0  # the free tier resets within a minute
     timeout: float = 30.0
+
+
+@dataclass
+class LoadReport:
+    """What a run asked for, with `current` / `previous` resolved; the CLI and flows print it."""
+
+    season: int | None = None
 
 
 @dataclass
@@ -199,24 +207,28 @@ def resolve_competitions(available: list[dict], wanted: Sequence[str]) -> list[d
 @dlt.source(name="football_api")
 def football_api(
     competitions: list[str] = dlt.config.value,
-    season: int = dlt.config.value,
+    season: str = dlt.config.value,
     base_url: str = LIVE_BASE_URL,
     api_token: str | None = dlt.secrets.value,
     calls_per_minute: int = 10,
     policy: RetryPolicy | None = None,
+    report: LoadReport | None = None,
 ):
     """football-data.org competitions, and for the chosen ones their teams and matches in a season.
 
     Args:
         competitions: codes (PL, BL1) or ids (2021) of the competitions to load.
-        season: the year the season starts in (2024 = 2024/25).
+        season: the year the season starts in (2024 = 2024/25), or "current" / "previous".
         base_url: the live API, or a folder / file:// URL holding recorded responses.
         api_token: the X-Auth-Token; required for http(s) base URLs only.
         calls_per_minute: client-side rate limit for http(s) base URLs (0 = none).
         policy: retry and wait bounds.
+        report: filled in with the season the run resolved to.
     """
+    season_year = resolve_start_year(season)
+    if report is not None:
+        report.season = season_year
     client = ApiClient(base_url, api_token, calls_per_minute, policy or RetryPolicy())
-    season_year = int(season)
     listing = client.get("competitions")
     if isinstance(listing, Skipped):
         raise FootballApiError(f"{listing.url}: the competitions list is required ({listing.reason})")

@@ -24,6 +24,7 @@ import dlt
 from dlt.sources.helpers import requests
 
 from loaders.landing import archive, sha256_hex
+from loaders.seasons import Season, parse_season, resolve_season_codes
 from loaders.settings import DBT_PROJECT_DIR, as_list, project_path
 
 log = logging.getLogger(__name__)
@@ -50,44 +51,7 @@ class FootballCsvError(ValueError):
     """A request or a file the loader cannot use; the message says which and why."""
 
 
-# --- seasons and divisions -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Season:
-    code: str
-    start_year: int
-
-    @property
-    def first_day(self) -> date:
-        return date(self.start_year, 7, 1)
-
-    @property
-    def last_day(self) -> date:
-        return date(self.start_year + 1, 8, 31)
-
-    def contains(self, day: date) -> bool:
-        return self.first_day <= day <= self.last_day
-
-
-def parse_season(code: str) -> Season:
-    """'2425' -> 2024/25, '9394' -> 1993/94. football-data.co.uk starts in 1993."""
-    code = str(code).strip()
-    if not re.fullmatch(r"\d{4}", code) or (int(code[:2]) + 1) % 100 != int(code[2:]):
-        raise FootballCsvError(f"season {code!r} is not a football-data.co.uk season code like '2425' (2024/25)")
-    first = int(code[:2])
-    return Season(code, (1900 if first >= 90 else 2000) + first)
-
-
-def season_code(start_year: int) -> str:
-    return f"{start_year % 100:02d}{(start_year + 1) % 100:02d}"
-
-
-def seasons_between(first_start_year: int, last_start_year: int) -> list[str]:
-    """Season codes for a backfill, both ends included: 2019..2021 -> 1920, 2021, 2122."""
-    if first_start_year > last_start_year:
-        raise FootballCsvError(f"--from {first_start_year} is after --to {last_start_year}")
-    return [season_code(year) for year in range(first_start_year, last_start_year + 1)]
+# --- divisions -------------------------------------------------------------------------------
 
 
 def known_divisions() -> dict[str, str]:
@@ -372,6 +336,7 @@ class LoadReport:
     unchanged: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    seasons: list[str] = field(default_factory=list)  # the codes requested, `current` resolved
 
 
 @dlt.source(name="football_csv")
@@ -386,16 +351,18 @@ def football_csv(
     """football-data.co.uk results for every season × division.
 
     Args:
-        seasons: season codes such as "2425" (2024/25).
+        seasons: season codes such as "2425" (2024/25), or "current" / "previous" (loaders/seasons.py).
         divisions: division codes such as "E0" (see dbt_project/seeds/divisions.csv).
         base_url: the live site, a local folder or a file:// URL laid out as <season>/<division>.csv.
         force: re-load files even when they are unchanged since the last load.
         report: filled in with what happened to each file.
         request_delay: seconds to wait between downloads (politeness for backfills over HTTP).
     """
-    season_list = [parse_season(code).code for code in as_list(seasons)]
+    season_list = resolve_season_codes(seasons)
+    report = report or LoadReport()
+    report.seasons = season_list
     division_list = validate_divisions(as_list(divisions))
-    files = season_files(season_list, division_list, base_url, force, report or LoadReport(), request_delay)
+    files = season_files(season_list, division_list, base_url, force, report, request_delay)
     return (
         files | matches,
         files | rejected_rows,

@@ -40,19 +40,27 @@ def load_football_csv(seasons: list[str] | None, divisions: list[str] | None, re
     pipeline("football_csv", "raw_football").run(football_csv(**options))
     if report.failed:
         get_run_logger().warning("football_csv files that failed (kept in landing/): %s", report.failed)
-    return {"loaded": report.loaded, "unchanged": report.unchanged, "missing": report.missing, "failed": report.failed}
+    return {
+        "seasons": report.seasons,
+        "loaded": report.loaded,
+        "unchanged": report.unchanged,
+        "missing": report.missing,
+        "failed": report.failed,
+    }
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
-def load_football_api(competitions: list[str] | None, season: int | None) -> None:
-    from loaders.football_api import football_api
+def load_football_api(competitions: list[str] | None, season: int | str | None) -> dict:
+    from loaders.football_api import LoadReport, football_api
 
-    options: dict[str, Any] = {}
+    report = LoadReport()
+    options: dict[str, Any] = {"report": report}
     if competitions:
         options["competitions"] = competitions
     if season is not None:
         options["season"] = season
     pipeline("football_api", "raw_football_api").run(football_api(**options))
+    return {"season": report.season}
 
 
 @task
@@ -148,7 +156,7 @@ def elt(
     seasons: list[str] | None = None,
     divisions: list[str] | None = None,
     competitions: list[str] | None = None,
-    season: int | None = None,
+    season: int | str | None = None,
     target: str | None = None,
     build: bool = True,
     select: list[str] | None = None,
@@ -159,8 +167,10 @@ def elt(
 
     Args:
         sources: any of football_csv, football_api, vehicles (default: all).
-        seasons, divisions: football-data.co.uk selection (default: .dlt/config.toml).
-        competitions, season: football-data.org selection (default: .dlt/config.toml).
+        seasons, divisions: football-data.co.uk selection (default: .dlt/config.toml); seasons
+            are codes (2425) or current / previous, resolved from today's UTC date.
+        competitions, season: football-data.org selection (default: .dlt/config.toml); season is
+            a start year (2024) or current / previous.
         target: duckdb or postgres (default: ELT_TARGET).
         build: run the dbt gate and publish after loading.
         select: dbt selection for the build (default: everything).
@@ -178,7 +188,7 @@ def elt(
     if "football_csv" in sources:
         outcome["football_csv"] = load_football_csv(seasons, divisions)
     if "football_api" in sources:
-        load_football_api(competitions, season)
+        outcome["football_api"] = load_football_api(competitions, season)
     if "vehicles" in sources:
         outcome["discovery"] = discover_vehicle_files(stage_sample)
         outcome["lake"] = run_lake_job()
@@ -204,7 +214,19 @@ def elt(
     return outcome
 
 
+def resolved_seasons(outcome: dict) -> str | None:
+    """'football_csv 2526, 2425; football_api 2025': what `current` / `previous` became."""
+    parts = []
+    if "football_csv" in outcome:
+        parts.append("football_csv " + ", ".join(outcome["football_csv"]["seasons"]))
+    if "football_api" in outcome:
+        parts.append(f"football_api {outcome['football_api']['season']}")
+    return "; ".join(parts) or None
+
+
 def print_summary(outcome: dict) -> None:
+    if resolved_seasons(outcome):
+        print(f"\nSeasons loaded: {resolved_seasons(outcome)}")
     print("\nRows per table")
     for row in outcome["tables"]:
         print(f"  {row['table']:<52} {row['rows']:>9}")
@@ -238,23 +260,23 @@ if __name__ == "__main__":
 
 @flow(name="backfill", log_prints=True)
 def backfill(
-    first_season: int,
-    last_season: int,
+    first_season: int | str,
+    last_season: int | str,
     divisions: list[str] | None = None,
     competitions: list[str] | None = None,
     request_delay: float = 6.0,
     build: bool = True,
 ) -> dict:
-    """Load seasons first_season..last_season (start years) of the chosen divisions and
-    competitions, waiting `request_delay` seconds between requests. Re-running is harmless:
-    files merge on their keys and unchanged files are skipped."""
-    from loaders.football_csv import seasons_between
+    """Load seasons first_season..last_season (start years, or current / previous) of the chosen
+    divisions and competitions, waiting `request_delay` seconds between requests. Re-running is
+    harmless: files merge on their keys and unchanged files are skipped."""
+    from loaders.seasons import parse_season, resolve_season_range
 
-    seasons = seasons_between(first_season, last_season)
+    seasons = resolve_season_range(first_season, last_season)
     outcome: dict[str, Any] = {"seasons": seasons, "football_csv": load_football_csv(seasons, divisions, request_delay)}
     if competitions:
-        for year in range(first_season, last_season + 1):
-            load_football_api(competitions, year)
+        for season in seasons:
+            load_football_api(competitions, parse_season(season).start_year)
             time.sleep(request_delay)
     if build:
         gate = build_and_gate(["+path:models/marts/football", "+path:models/marts/reporting"], resume=False)

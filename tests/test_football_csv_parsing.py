@@ -14,37 +14,15 @@ from loaders.football_csv import (
     normalise_headers,
     parse_kickoff_time,
     parse_match_date,
-    parse_season,
     parse_season_file,
-    seasons_between,
     to_identifier,
     validate_divisions,
 )
+from loaders.seasons import parse_season
 
 from .conftest import real_csv_files
 
 S2425 = parse_season("2425")
-
-
-@pytest.mark.parametrize(
-    ("code", "start_year"),
-    [("9394", 1993), ("9900", 1999), ("0001", 2000), ("1920", 2019), ("2425", 2024)],
-)
-def test_season_codes_map_to_start_years(code, start_year):
-    assert parse_season(code).start_year == start_year
-
-
-@pytest.mark.parametrize("code", ["2426", "24/25", "2024", "abcd", ""])
-def test_bad_season_codes_are_refused(code):
-    with pytest.raises(FootballCsvError, match="season"):
-        parse_season(code)
-
-
-def test_season_range_for_backfills():
-    assert seasons_between(2019, 2024) == ["1920", "2021", "2122", "2223", "2324", "2425"]
-    assert seasons_between(1998, 2000) == ["9899", "9900", "0001"]
-    with pytest.raises(FootballCsvError):
-        seasons_between(2024, 2019)
 
 
 @pytest.mark.parametrize(
