@@ -11,6 +11,9 @@ PREFECT_PORT ?= 4200
 
 export ELT_DATA_DIR ?= $(CURDIR)/data
 export ELT_TARGET ?= duckdb
+# Run mode: sample (bundled inputs, offline) or live (.dlt/config.toml). Unset: the mode the data
+# dir remembers, else sample. `make run ELT_MODE=live`.
+export ELT_MODE ?=
 export DBT_PROJECT_DIR := $(CURDIR)/dbt_project
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 # No telemetry from any tool (DESIGN §5).
@@ -26,7 +29,7 @@ DBT := $(BIN)/dbt
 .PHONY: help setup load build report docs query serve run test bench lint clean reset
 
 help:
-	@echo "make run    set up, load the bundled sample data and build the dbt models (offline)"
+	@echo "make run    set up, load the bundled sample data and build the dbt models (offline; ELT_MODE=live: real sources)"
 	@echo "make test   set up and run the test suite"
 	@echo "make load | build | report | docs | query | serve | bench | lint | clean | reset"
 
@@ -42,7 +45,6 @@ $(SETUP_STAMP): pyproject.toml constraints.txt
 load: setup
 	$(BIN)/python -m loaders football-csv
 	$(BIN)/python -m loaders football-api
-	$(BIN)/python -m loaders vehicles stage-sample
 	$(BIN)/python -m loaders vehicles discover
 	$(BIN)/python -m spark_jobs.vehicle_lake
 	$(BIN)/python -m loaders vehicles load

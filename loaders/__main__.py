@@ -4,6 +4,9 @@ python -m loaders football-csv --seasons 2425 --divisions E0,E1
 python -m loaders football-api --competitions PL,BL1 --season 2024
 python -m loaders football-csv --seasons previous,current   # resolved from today's UTC date
 python -m loaders status
+
+The run mode (ELT_MODE=sample|live, loaders/modes.py) decides the inputs: in sample mode the
+bundled sample, in live mode .dlt/config.toml; --live and --base-url ask for live mode.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import football_api, football_csv
+from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.seasons import SeasonError, resolve_season_range
 from loaders.settings import data_dir, pipeline, target
 from loaders.storage import StorageError
@@ -23,22 +27,23 @@ from loaders.vehicles import files as vehicle_files
 from loaders.vehicles.registry import Registry, RegistryError
 
 
+def _asked_mode(args: argparse.Namespace) -> str | None:
+    """--live and --base-url read real data (the live site, or a mirror laid out like it)."""
+    return "live" if args.live or args.base_url else None
+
+
 def _football_csv(args: argparse.Namespace) -> int:
-    options = {"force": args.force}
-    if args.seasons:
-        options["seasons"] = args.seasons
+    mode = run_mode(_asked_mode(args))
+    seasons = args.seasons
     if args.start_year is not None or args.end_year is not None:
         if args.start_year is None or args.end_year is None:
             raise football_csv.FootballCsvError("a season range needs both --from and --to")
-        options["seasons"] = resolve_season_range(args.start_year, args.end_year)
-    if args.divisions:
-        options["divisions"] = args.divisions
-    if args.live:
-        options["base_url"] = football_csv.LIVE_BASE_URL
-    elif args.base_url:
-        options["base_url"] = args.base_url
+        seasons = resolve_season_range(args.start_year, args.end_year)
+    base_url = football_csv.LIVE_BASE_URL if args.live else args.base_url
+    options = source_options("football_csv", mode, seasons=seasons, divisions=args.divisions, base_url=base_url)
     report = football_csv.LoadReport()
-    source = football_csv.football_csv(report=report, **options)
+    source = football_csv.football_csv(report=report, force=args.force, **options)
+    remember_mode(mode)
     info = pipeline("football_csv", "raw_football").run(source)
     print(info)
     print(
@@ -51,19 +56,19 @@ def _football_csv(args: argparse.Namespace) -> int:
 
 
 def _football_api(args: argparse.Namespace) -> int:
-    options = {}
-    if args.competitions:
-        options["competitions"] = args.competitions
-    if args.season is not None:
-        options["season"] = args.season
-    if args.live:
-        options["base_url"] = football_api.LIVE_BASE_URL
-    elif args.base_url:
-        options["base_url"] = args.base_url
-    if args.calls_per_minute is not None:
-        options["calls_per_minute"] = args.calls_per_minute
+    mode = run_mode(_asked_mode(args))
+    base_url = football_api.LIVE_BASE_URL if args.live else args.base_url
+    options = source_options(
+        "football_api",
+        mode,
+        competitions=args.competitions,
+        season=args.season,
+        base_url=base_url,
+        calls_per_minute=args.calls_per_minute,
+    )
     report = football_api.LoadReport()
     source = football_api.football_api(report=report, **options)
+    remember_mode(mode)
     info = pipeline("football_api", "raw_football_api").run(source)
     print(info)
     print(f"football_api: season {report.season}")
@@ -71,16 +76,20 @@ def _football_api(args: argparse.Namespace) -> int:
 
 
 def _vehicles(args: argparse.Namespace) -> int:
-    if args.step == "stage-sample":
+    mode = run_mode()
+    if args.step == "stage-sample" and mode != "sample":
+        raise ModeError("vehicles stage-sample copies the bundled sample: it runs in sample mode only")
+    remember_mode(mode)
+    if args.step in ("stage-sample", "discover") and mode == "sample":
         staged = vehicle_files.stage_sample()
         print(f"vehicles: {len(staged)} sample files copied to {vehicle_files.state_dir('incoming')}")
-    elif args.step == "discover":
+    if args.step == "discover":
         report = vehicle_files.discover()
         print(
             f"vehicles: {len(report.processing)} to process, {len(report.pending)} pending, "
             f"{len(report.failed)} failed, new types: {', '.join(report.registered) or 'none'}"
         )
-    else:
+    elif args.step == "load":
         from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
 
         print(pipeline("vehicles_lake", DATASET).run(vehicles_lake()))
@@ -130,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     csv_cmd.add_argument("--to", dest="end_year", help="last season's start year, e.g. 2024, or current")
     csv_cmd.add_argument("--divisions", help="comma-separated division codes, e.g. E0,E1")
     source = csv_cmd.add_mutually_exclusive_group()
-    source.add_argument("--base-url", help="where <season>/<division>.csv files live (URL or folder)")
-    source.add_argument("--live", action="store_true", help=f"read from {football_csv.LIVE_BASE_URL}")
+    source.add_argument("--base-url", help="where <season>/<division>.csv files live (URL or folder); a live-mode run")
+    source.add_argument("--live", action="store_true", help=f"live mode, reading {football_csv.LIVE_BASE_URL}")
     csv_cmd.add_argument("--force", action="store_true", help="re-load files even if unchanged")
     csv_cmd.set_defaults(handler=_football_csv)
 
@@ -139,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     api_cmd.add_argument("--competitions", help="comma-separated codes or ids, e.g. PL,BL1")
     api_cmd.add_argument("--season", help="start year of the season, e.g. 2024, or current, previous")
     api_source = api_cmd.add_mutually_exclusive_group()
-    api_source.add_argument("--base-url", help="API base URL, or a folder of recorded responses")
-    api_source.add_argument("--live", action="store_true", help=f"call {football_api.LIVE_BASE_URL} (needs a token)")
+    api_source.add_argument("--base-url", help="API base URL, or a folder of recorded responses; a live-mode run")
+    api_source.add_argument(
+        "--live", action="store_true", help=f"live mode, calling {football_api.LIVE_BASE_URL} (needs a token)"
+    )
     api_cmd.add_argument("--calls-per-minute", type=int, help="client-side rate limit for live calls (default 10)")
     api_cmd.set_defaults(handler=_football_api)
 
@@ -148,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     vehicles_cmd.add_argument(
         "step",
         choices=["stage-sample", "discover", "load"],
-        help="stage-sample: copy data/sample/vehicles to incoming/; discover: sort incoming/ by registry; "
+        help="stage-sample: copy data/sample/vehicles to incoming/ (sample mode only); discover: sort incoming/ "
+        "by registry, in sample mode after staging the sample; "
         "load: new lake rows into raw_vehicles (the lake itself is written by python -m spark_jobs.vehicle_lake)",
     )
     vehicles_cmd.set_defaults(handler=_vehicles)
@@ -187,6 +199,7 @@ KNOWN_ERRORS = (
     football_csv.FootballCsvError,
     football_api.FootballApiError,
     SeasonError,
+    ModeError,
     RegistryError,
     StorageError,
 )

@@ -1,7 +1,7 @@
 """`python -m loaders status`: what is loaded, as readable tables.
 
-Rows and last load time per raw table, rejected-record tables, vehicle files per lifecycle
-state, and the last `dbt source freshness` result (written by the `elt` flow).
+The run mode the data dir remembers, rows and last load time per raw table, rejected-record
+tables, vehicle files per lifecycle state, and the last `dbt source freshness` result (written by the `elt` flow).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from loaders.modes import describe_mode
 from loaders.settings import DBT_PROJECT_DIR, data_dir, target, warehouse_path
 from loaders.vehicles.files import STATES
 from loaders.warehouse import query
@@ -133,7 +134,9 @@ def render_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def report() -> str:
-    sections = [f"Warehouse: {target()}" + (f" ({warehouse_path()})" if target() == "duckdb" else "")]
+    sections = [
+        f"Warehouse: {target()}" + (f" ({warehouse_path()})" if target() == "duckdb" else "") + "\n" + describe_mode()
+    ]
     tables = raw_tables()
     if tables:
         sections.append(

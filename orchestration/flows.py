@@ -20,6 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from loaders.modes import remember_mode, run_mode, source_options
 from loaders.settings import data_dir, pipeline
 from orchestration import dbt_gate
 from orchestration.report import export_reports, report_dir
@@ -28,16 +29,14 @@ SOURCES = ("football_csv", "football_api", "vehicles")
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
-def load_football_csv(seasons: list[str] | None, divisions: list[str] | None, request_delay: float = 0.0) -> dict:
+def load_football_csv(
+    mode: str, seasons: list[str] | None, divisions: list[str] | None, request_delay: float = 0.0
+) -> dict:
     from loaders.football_csv import LoadReport, football_csv
 
     report = LoadReport()
-    options: dict[str, Any] = {"report": report, "request_delay": request_delay}
-    if seasons:
-        options["seasons"] = seasons
-    if divisions:
-        options["divisions"] = divisions
-    pipeline("football_csv", "raw_football").run(football_csv(**options))
+    options = source_options("football_csv", mode, seasons=seasons, divisions=divisions)
+    pipeline("football_csv", "raw_football").run(football_csv(report=report, request_delay=request_delay, **options))
     if report.failed:
         get_run_logger().warning("football_csv files that failed (kept in landing/): %s", report.failed)
     return {
@@ -50,24 +49,22 @@ def load_football_csv(seasons: list[str] | None, divisions: list[str] | None, re
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
-def load_football_api(competitions: list[str] | None, season: int | str | None) -> dict:
+def load_football_api(mode: str, competitions: list[str] | None, season: int | str | None) -> dict:
     from loaders.football_api import LoadReport, football_api
 
     report = LoadReport()
-    options: dict[str, Any] = {"report": report}
-    if competitions:
-        options["competitions"] = competitions
-    if season is not None:
-        options["season"] = season
-    pipeline("football_api", "raw_football_api").run(football_api(**options))
+    options = source_options("football_api", mode, competitions=competitions, season=season)
+    pipeline("football_api", "raw_football_api").run(football_api(report=report, **options))
     return {"season": report.season}
 
 
 @task
-def discover_vehicle_files(stage_sample: bool) -> dict:
+def discover_vehicle_files(mode: str) -> dict:
+    """In sample mode the bundled vehicle files are delivered first; in live mode only what
+    arrived in incoming/ is discovered."""
     from loaders.vehicles import files
 
-    staged = files.stage_sample() if stage_sample else []
+    staged = files.stage_sample() if mode == "sample" else []
     report = files.discover()
     return {
         "staged": len(staged),
@@ -161,7 +158,7 @@ def elt(
     build: bool = True,
     select: list[str] | None = None,
     resume: bool = True,
-    stage_sample: bool = True,
+    mode: str | None = None,
 ) -> dict:
     """Load the chosen sources, build and test with dbt, and publish when the gate is green.
 
@@ -175,7 +172,8 @@ def elt(
         build: run the dbt gate and publish after loading.
         select: dbt selection for the build (default: everything).
         resume: after a failed gate, re-run only failed and skipped nodes (dbt retry).
-        stage_sample: copy the bundled vehicle sample into incoming/ (offline default run).
+        mode: sample (the bundled inputs, offline) or live (.dlt/config.toml, files arriving in
+            incoming/); default: ELT_MODE, else the mode the data dir remembers, else sample.
     """
     started = time.monotonic()
     if target:
@@ -184,13 +182,16 @@ def elt(
     unknown = set(sources) - set(SOURCES)
     if unknown:
         raise ValueError(f"unknown sources {sorted(unknown)}; choose from {', '.join(SOURCES)}")
-    outcome: dict[str, Any] = {"data_dir": str(data_dir())}
+    mode = run_mode(mode)
+    outcome: dict[str, Any] = {"data_dir": str(data_dir()), "mode": mode}
+    if sources:
+        remember_mode(mode)
     if "football_csv" in sources:
-        outcome["football_csv"] = load_football_csv(seasons, divisions)
+        outcome["football_csv"] = load_football_csv(mode, seasons, divisions)
     if "football_api" in sources:
-        outcome["football_api"] = load_football_api(competitions, season)
+        outcome["football_api"] = load_football_api(mode, competitions, season)
     if "vehicles" in sources:
-        outcome["discovery"] = discover_vehicle_files(stage_sample)
+        outcome["discovery"] = discover_vehicle_files(mode)
         outcome["lake"] = run_lake_job()
         load_lake_to_warehouse()
     reports: list[str] = []
@@ -225,8 +226,9 @@ def resolved_seasons(outcome: dict) -> str | None:
 
 
 def print_summary(outcome: dict) -> None:
+    print(f"\nMode: {outcome['mode']} (data dir {outcome['data_dir']})")
     if resolved_seasons(outcome):
-        print(f"\nSeasons loaded: {resolved_seasons(outcome)}")
+        print(f"Seasons: {resolved_seasons(outcome)}")
     print("\nRows per table")
     for row in outcome["tables"]:
         print(f"  {row['table']:<52} {row['rows']:>9}")
@@ -268,15 +270,21 @@ def backfill(
     build: bool = True,
 ) -> dict:
     """Load seasons first_season..last_season (start years, or current / previous) of the chosen
-    divisions and competitions, waiting `request_delay` seconds between requests. Re-running is
-    harmless: files merge on their keys and unchanged files are skipped."""
+    divisions and competitions from the live sources (live mode), waiting `request_delay` seconds
+    between requests. Re-running is harmless: files merge on their keys and unchanged files are
+    skipped."""
     from loaders.seasons import parse_season, resolve_season_range
 
     seasons = resolve_season_range(first_season, last_season)
-    outcome: dict[str, Any] = {"seasons": seasons, "football_csv": load_football_csv(seasons, divisions, request_delay)}
+    remember_mode(run_mode("live"))
+    outcome: dict[str, Any] = {
+        "mode": "live",
+        "seasons": seasons,
+        "football_csv": load_football_csv("live", seasons, divisions, request_delay),
+    }
     if competitions:
         for season in seasons:
-            load_football_api(competitions, parse_season(season).start_year)
+            load_football_api("live", competitions, parse_season(season).start_year)
             time.sleep(request_delay)
     if build:
         gate = build_and_gate(["+path:models/marts/football", "+path:models/marts/reporting"], resume=False)

@@ -10,6 +10,8 @@
 | maintenance-daily | 02:30 every day                       | snapshots, orphan files, landing retention |
 
 prefect.yaml declares the same deployments for a process work pool (`prefect deploy --all`).
+They run in live mode (never the bundled sample), so they need a data dir of their own or a
+live one: a data dir filled by the sample refuses them.
 """
 
 from __future__ import annotations
@@ -36,19 +38,19 @@ def deployments() -> list:
         elt.to_deployment(
             name="vehicles-hourly",
             schedules=[Cron("0 * * * *", timezone="UTC")],
-            parameters={"sources": ["vehicles"], "build": False, "stage_sample": False},
+            parameters={"sources": ["vehicles"], "build": False, "mode": "live"},
             description="Hourly vehicle ingestion: discover, Spark lake job, lake → warehouse.",
         ),
         elt.to_deployment(
             name="daily-summary",
             schedules=[Cron("0 1 * * *", timezone="UTC")],
-            parameters={"sources": [], "select": VEHICLE_MARTS},
+            parameters={"sources": [], "select": VEHICLE_MARTS, "mode": "live"},
             description="Builds, tests and publishes daily_summary and the other vehicle marts.",
         ),
         elt.to_deployment(
             name="football-weekly",
             schedules=[Cron("0 0 * 1-5,8-12 6", timezone="UTC")],
-            parameters={"sources": ["football_csv", "football_api"], "select": FOOTBALL_MARTS},
+            parameters={"sources": ["football_csv", "football_api"], "select": FOOTBALL_MARTS, "mode": "live"},
             description="Weekly football load during the season (August to May), gate and publish.",
         ),
         maintenance.to_deployment(

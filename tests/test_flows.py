@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from prefect.artifacts import Artifact
 
+from loaders.modes import ModeError
+from loaders.vehicles.files import STATES
 from loaders.warehouse import query
 from orchestration import dbt_gate
-from orchestration.flows import elt
+from orchestration.flows import elt, print_summary
 
 from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows
 
@@ -28,6 +30,7 @@ def run_football(**options):
         sources=["football_csv", "football_api"],
         seasons=["2425", "1819"],
         divisions=["E0", "D1"],
+        season=2022,  # the API recordings' season
         select=FOOTBALL,
         **options,
     )
@@ -37,6 +40,7 @@ def run_football(**options):
 def football_site(data_dir, tmp_path, monkeypatch):
     files = [p for p in real_csv_files() if p.name in ("2425_E0.csv", "1819_D1.csv")]
     site = lay_out_as_site(files, tmp_path / "site")
+    monkeypatch.setenv("ELT_MODE", "live")  # real files from a local copy of the sites
     monkeypatch.setenv("SOURCES__FOOTBALL_CSV__BASE_URL", str(site))
     monkeypatch.setenv("SOURCES__FOOTBALL_API__BASE_URL", str(lay_out_api_recordings(tmp_path / "api")))
     return site
@@ -97,3 +101,28 @@ def test_the_gate_blocks_bad_data_keeps_published_marts_and_resumes_after_a_fix(
         )
         == []
     )
+
+
+@pytest.mark.one_target  # the mode and the seasons a run asks for, not the warehouse
+def test_a_live_run_loads_the_current_season_stages_no_sample_and_says_so(
+    prefect_api, data_dir, tmp_path, monkeypatch, capsys
+):
+    site = lay_out_as_site([p for p in real_csv_files() if p.name.startswith("2425_")], tmp_path / "site")
+    monkeypatch.setenv("SOURCES__FOOTBALL_CSV__BASE_URL", str(site))
+    monkeypatch.setenv("ELT_TODAY", "2025-06-30")  # the last day of 2024/25: current is 2425
+    outcome = elt(sources=["football_csv", "vehicles"], build=False, mode="live")
+
+    assert outcome["mode"] == "live"
+    assert outcome["football_csv"]["seasons"] == ["2425"]  # .dlt/config.toml: seasons = ["current"]
+    assert sorted(outcome["football_csv"]["loaded"]) == [f"2425/{d}" for d in sorted(["E0", "E1", "SC0", "SP1", "D2"])]
+    assert outcome["discovery"]["staged"] == 0
+    assert not [path for state in STATES for path in (data_dir / state).rglob("*.json")]
+    print_summary(outcome)
+    printed = capsys.readouterr().out
+    assert f"Mode: live (data dir {data_dir})" in printed
+    assert "Seasons: football_csv 2425" in printed
+
+    # The data dir now holds live data: a sample run is refused before it loads anything.
+    with pytest.raises(ModeError, match=f"data dir {data_dir} holds live data and this run is in sample mode"):
+        elt(sources=["vehicles"], build=False, mode="sample")
+    assert not [path for state in STATES for path in (data_dir / state).rglob("*.json")]

@@ -10,14 +10,15 @@ import sys
 import time
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from loaders.football_api import football_api
-from loaders.settings import pipeline
+from loaders.settings import PROJECT_ROOT, pipeline
 from loaders.warehouse import query
-from orchestration.flows import backfill, maintenance
+from orchestration.flows import backfill, elt, maintenance
 from orchestration.serve import deployments
 
 from .conftest import lay_out_api_recordings, lay_out_as_site, listens_on_loopback_only, real_csv_files
@@ -40,6 +41,19 @@ def test_deployments_have_the_documented_schedules():
         "football-weekly": ("0 0 * 1-5,8-12 6", "UTC"),
         "maintenance-daily": ("30 2 * * *", "UTC"),
     }
+
+
+def test_scheduled_deployments_run_in_live_mode_and_never_stage_the_sample():
+    loading = {d.name: d.parameters for d in deployments() if d.entrypoint.endswith(":elt")}
+    assert {name: parameters.get("mode") for name, parameters in loading.items()} == {
+        "vehicles-hourly": "live",
+        "daily-summary": "live",
+        "football-weekly": "live",
+    }
+    declared = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    assert {d["name"]: d.get("parameters") for d in declared if d["entrypoint"].endswith(":elt")} == loading
+    accepted = set(elt.parameters.properties)
+    assert all(set(parameters) <= accepted for parameters in loading.values())  # no stale stage_sample
 
 
 def test_served_deployments_run_on_a_real_local_server(data_dir, tmp_path):

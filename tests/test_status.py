@@ -29,6 +29,7 @@ def line_for(output: str, first_cell: str) -> list[str]:
 
 def test_status_before_anything_is_loaded(data_dir):
     output = status()
+    assert "Mode: none yet" in output
     assert "Nothing loaded yet" in output
     assert "No vehicle files" in output
     assert "Source freshness: not checked yet" in output
@@ -41,6 +42,7 @@ def test_status_shows_rows_last_loads_files_per_state_and_freshness(data_dir):
     run_dbt("source", "freshness", "--select", "source:football_data", data_dir=data_dir)
 
     output = status()
+    assert f"Mode: sample (remembered in {data_dir / '.elt-mode'})" in output  # a fresh dir's default
     matches = line_for(output, "raw_football.matches")
     assert matches[1] == "1,284"  # the five bundled 2024/25 files
     assert len(matches) == 4  # table, rows, and a last-load date and time
