@@ -22,6 +22,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(ELT_DATA_DIR)/.prefect
 
 DBT := $(BIN)/dbt
+# Targets that write create the data dir first; mkdir says in one line why when it cannot.
+MAKE_DATA_DIR = @mkdir -p "$(ELT_DATA_DIR)" && mkdir -p "$(PREFECT_HOME)"
 
 .PHONY: help setup load build report docs query serve run test bench lint clean reset
 
@@ -48,6 +50,7 @@ load: setup
 	$(BIN)/python -m loaders vehicles load
 
 build: setup
+	$(MAKE_DATA_DIR)
 	$(DBT) build
 
 query: setup
@@ -57,6 +60,7 @@ report: setup
 	$(BIN)/python -m orchestration.report
 
 docs: setup
+	$(MAKE_DATA_DIR)
 	$(DBT) docs generate
 	$(DBT) docs serve --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
 
@@ -66,6 +70,7 @@ serve: setup
 # Prefect's local API database is created (migrated) once, not on the first run's clock (~10 s).
 PREFECT_DB := $(PREFECT_HOME)/prefect.db
 $(PREFECT_DB): $(SETUP_STAMP)
+	$(MAKE_DATA_DIR)
 	$(BIN)/prefect server database upgrade -y >/dev/null
 	@touch $@
 

@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from loaders.settings import data_dir, pipeline
+from loaders.settings import data_dir, data_dir_or_exit, ensure_data_dir, pipeline
 from orchestration import dbt_gate
 from orchestration.report import export_reports, report_dir
 
@@ -168,6 +168,7 @@ def elt(
         stage_sample: copy the bundled vehicle sample into incoming/ (offline default run).
     """
     started = time.monotonic()
+    ensure_data_dir()
     if target:
         os.environ["ELT_TARGET"] = target
     sources = list(SOURCES) if sources is None else sources
@@ -223,6 +224,7 @@ def print_summary(outcome: dict) -> None:
 
 def main() -> int:
     started = time.monotonic()
+    data_dir_or_exit()
     outcome = elt()
     print_summary(outcome)
     print(
