@@ -20,6 +20,8 @@ export RUNTIME__DLTHUB_TELEMETRY := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Prefect's local state (its SQLite API database) beside the data, not in ~/.prefect.
 export PREFECT_HOME ?= $(ELT_DATA_DIR)/.prefect
+# The temporary Prefect API of `make run` may take longer than Prefect's 20 s to start on a busy machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
 DBT := $(BIN)/dbt
 # Targets that write create the data dir first; mkdir says in one line why when it cannot.
@@ -74,8 +76,9 @@ $(PREFECT_DB): $(SETUP_STAMP)
 	$(BIN)/prefect server database upgrade -y >/dev/null
 	@touch $@
 
+# VERBOSE=1 also shows every task run (one per dbt node) on screen; they are always in Prefect's logs.
 run: setup $(PREFECT_DB)
-	$(BIN)/python -m orchestration.flows
+	$(BIN)/python -m orchestration.flows $(if $(VERBOSE),--verbose)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -105,8 +105,13 @@ def pipeline(name: str, dataset_name: str) -> dlt.Pipeline:
         pipelines_dir=str(data_dir() / ".dlt_pipelines"),
         destination=destination(),
         dataset_name=dataset_name,
-        progress="log",
+        progress=progress_collector(),
     )
+
+
+def progress_collector() -> str | None:
+    """dlt's own progress bars (rows per resource) in a terminal; nothing in logs and pipes."""
+    return "tqdm" if sys.stderr.isatty() else None
 
 
 def as_list(value: str | Sequence[str]) -> list[str]:
