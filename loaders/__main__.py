@@ -21,7 +21,7 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 from loaders import football_api, football_csv
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.seasons import SeasonError, resolve_season_range
-from loaders.settings import data_dir, pipeline, target
+from loaders.settings import data_dir, data_dir_or_exit, pipeline, target
 from loaders.storage import StorageError
 from loaders.vehicles import files as vehicle_files
 from loaders.vehicles.registry import Registry, RegistryError
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "action", "list") != "list" and not args.file_type:
         parser.error(f"registry {args.action} needs a file type")
+    data_dir_or_exit()
     print(f"target={target()} data_dir={data_dir()}")
     try:
         return args.handler(args)
