@@ -25,7 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import get_current_settings
 
-from loaders.modes import remember_mode, run_mode, source_options
+from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.settings import data_dir, data_dir_or_exit, ensure_data_dir, pipeline
 from orchestration import dbt_gate
 from orchestration.report import export_reports, report_dir
@@ -292,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     data_dir_or_exit()
+    try:
+        run_mode()  # a data dir of the other mode is refused in one line, before Prefect starts
+    except ModeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not args.verbose:
         quiet_task_runs_on_the_console()
     temporary_api = get_current_settings().api.url is None

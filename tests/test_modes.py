@@ -124,6 +124,15 @@ def test_switching_modes_on_a_used_data_dir_is_refused_and_loads_nothing(data_di
     ]:
         assert in_process(*args, **env) == (2, refusal(data_dir, "sample", "live")), args
 
+    flow = subprocess.run(  # make run: refused before the flow (and Prefect) starts
+        [sys.executable, "-m", "orchestration.flows"],
+        env={**os.environ, "ELT_MODE": "live"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert flow.returncode == 2 and flow.stderr.strip() == refusal(data_dir, "sample", "live")
+
     after = (rows("select count(*) from raw_football.matches"), landing_files(data_dir), lifecycle_files(data_dir))
     assert after == before
     assert "ELT_MODE=live differs: loads are refused" in run_cli("status", ELT_MODE="live").stdout
