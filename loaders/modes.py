@@ -18,6 +18,8 @@ MODES = ("sample", "live")
 MODE_VARIABLE = "ELT_MODE"
 MARKER_NAME = ".elt-mode"
 SAMPLE_SOURCES = PROJECT_ROOT / "data" / "sample" / "sources.toml"
+# What any load leaves in a data dir (dlt's state, the landing zone, the lake, the DuckDB file).
+LOAD_TRACES = (".dlt_pipelines", "landing", "lake", "warehouse.duckdb")
 
 
 class ModeError(RuntimeError):
@@ -32,6 +34,12 @@ def remembered_mode(root: Path | None = None) -> str | None:
     """The mode that first loaded the data dir; None for a fresh one."""
     marker = marker_path(root)
     return marker.read_text().strip() if marker.is_file() else None
+
+
+def filled_before_modes(root: Path | None = None) -> bool:
+    """Loaded into, but by a version that kept no marker: every run of those staged the sample."""
+    root = root or data_dir()
+    return not marker_path(root).exists() and any((root / name).exists() for name in LOAD_TRACES)
 
 
 def requested_mode(explicit: str | None = None) -> str | None:
@@ -49,6 +57,12 @@ def run_mode(explicit: str | None = None) -> str:
     """The mode of this run, refused when the data dir was filled in the other mode."""
     remembered = remembered_mode()
     mode = requested_mode(explicit) or remembered or "sample"
+    if remembered is None and mode == "live" and filled_before_modes():
+        raise ModeError(
+            f"data dir {data_dir()} was loaded before run modes were recorded, so it may hold the bundled sample; "
+            f"use another ELT_DATA_DIR for live data, `make reset` to empty it, or write 'live' into "
+            f"{marker_path()} if it holds live data only"
+        )
     if remembered and mode != remembered:
         raise ModeError(
             f"data dir {data_dir()} holds {remembered} data and this run is in {mode} mode; "
