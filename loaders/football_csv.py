@@ -381,39 +381,55 @@ def season_files(
     an unchanged file is neither re-downloaded (conditional GET) nor re-parsed (content hash).
     """
     known = dlt.current.resource_state().setdefault("files", {})
-    for season in seasons:
-        for division in divisions:
-            name = f"{season}/{division}"
-            location = file_location(base_url, season, division)
-            if request_delay and _is_http(location) and (report.loaded or report.unchanged or report.missing):
-                sleep(request_delay)
-            previous = {} if force else known.get(name, {})
-            try:
-                fetched = fetch(location, previous)
-            except FileTooLarge as error:
-                log.error("football_csv: %s", error)
-                report.failed[name] = str(error)
-                continue
-            if fetched is None:
-                log.warning("football_csv: %s not found at %s; skipped", name, location)
-                report.missing.append(name)
-                continue
-            digest = sha256_hex(fetched.raw)
-            if fetched.not_modified or digest == previous.get("sha256"):
-                report.unchanged.append(name)
-                continue
-            landing_path = archive(fetched.raw, "football_csv", season, division, suffix=".csv")
-            try:
-                parsed = parse_season_file(fetched.raw, season, division, location)
-            except FootballCsvError as error:
-                log.error("football_csv: %s", error)
-                report.failed[name] = str(error)
-                continue
-            known[name] = {"sha256": digest, "etag": fetched.etag, "last_modified": fetched.last_modified}
-            parsed.landing_path = landing_path
-            parsed.etag, parsed.last_modified = fetched.etag, fetched.last_modified
-            report.loaded.append(name)
+    wanted = [(season, division) for season in seasons for division in divisions]
+    for done, (season, division) in enumerate(wanted, start=1):
+        if request_delay and _is_http(base_url) and done > 1:
+            sleep(request_delay)
+        parsed = _fetch_and_parse(season, division, base_url, {} if force else known, report)
+        name = f"{season}/{division}"
+        if parsed is not None:
+            known[name] = {"sha256": parsed.sha256, "etag": parsed.etag, "last_modified": parsed.last_modified}
             yield parsed
+        log.info("football_csv: %d/%d files, %s %s", done, len(wanted), name, _outcome_of(name, report))
+
+
+def _fetch_and_parse(season: str, division: str, base_url: str, known: dict, report: LoadReport) -> ParsedFile | None:
+    """The file parsed when it changed since the last load; otherwise None, its outcome in `report`."""
+    name = f"{season}/{division}"
+    location = file_location(base_url, season, division)
+    previous = known.get(name, {})
+    try:
+        fetched = fetch(location, previous)
+    except FileTooLarge as error:
+        log.error("football_csv: %s", error)
+        report.failed[name] = str(error)
+        return None
+    if fetched is None:
+        log.warning("football_csv: %s not found at %s; skipped", name, location)
+        report.missing.append(name)
+        return None
+    digest = sha256_hex(fetched.raw)
+    if fetched.not_modified or digest == previous.get("sha256"):
+        report.unchanged.append(name)
+        return None
+    landing_path = archive(fetched.raw, "football_csv", season, division, suffix=".csv")
+    try:
+        parsed = parse_season_file(fetched.raw, season, division, location)
+    except FootballCsvError as error:
+        log.error("football_csv: %s", error)
+        report.failed[name] = str(error)
+        return None
+    parsed.landing_path = landing_path
+    parsed.etag, parsed.last_modified = fetched.etag, fetched.last_modified
+    report.loaded.append(name)
+    return parsed
+
+
+def _outcome_of(name: str, report: LoadReport) -> str:
+    for outcome, names in (("loaded", report.loaded), ("unchanged", report.unchanged), ("not found", report.missing)):
+        if name in names:
+            return outcome
+    return "failed"
 
 
 @dlt.transformer(

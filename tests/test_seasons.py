@@ -143,6 +143,9 @@ def test_the_cli_requests_the_seasons_current_and_previous_resolve_to(data_dir, 
     assert second.returncode == 0, second.stderr
     assert "football_csv (2425, 2526): 0 loaded, 1 unchanged, 1 not found, 0 failed" in second.stdout
     assert "2526/E0 not found at " + str(site / "2526" / "E0.csv") in second.stderr
+    # Progress of a long load, one line per file: files done of all files asked for.
+    assert "football_csv: 1/2 files, 2425/E0 unchanged" in second.stderr
+    assert "football_csv: 2/2 files, 2526/E0 not found" in second.stderr
 
 
 def test_a_bad_season_token_on_the_cli_is_one_clear_line(data_dir):
