@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import sys
 
+from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
 from orchestration import build_plan
 
+PROJECT = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
 VARS = json.dumps(build_plan.VARS)
 
 
 def main(argv: list[str]) -> int:
     from dbt.cli.main import dbtRunner
 
-    parsed = dbtRunner().invoke(["parse", "--vars", VARS, "--quiet"])
+    parsed = dbtRunner().invoke(["parse", *PROJECT, "--vars", VARS, "--quiet"])
     if not parsed.success:
         return 2
     manifest = parsed.result.writable_manifest().to_dict()
@@ -28,7 +30,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     # The parsed manifest is handed over: the build does not parse again.
-    result = dbtRunner(manifest=parsed.result).invoke(["build", "--vars", VARS, *skips.build_exclude, *argv])
+    result = dbtRunner(manifest=parsed.result).invoke(["build", *PROJECT, "--vars", VARS, *skips.build_exclude, *argv])
     for line in skips.messages:
         print(line)
     if result.success:
