@@ -135,6 +135,14 @@ def previous_run_failed() -> bool:
     return any(result["status"] in (*FAILED, "skipped") for result in document["results"])
 
 
+def previous_exclude() -> list[str]:
+    """What the last build or retry left out (--exclude), as run_results.json records it."""
+    results = target_dir() / "run_results.json"
+    if not results.exists():
+        return []
+    return json.loads(results.read_text()).get("args", {}).get("exclude") or []
+
+
 def summarise(command: list[str]) -> GateResult:
     """Read run_results.json and the manifest: what failed, on which model, with sample rows."""
     results = json.loads((target_dir() / "run_results.json").read_text())["results"]

@@ -3,7 +3,8 @@
     python -m orchestration.flows            # one run of `elt` on the configured target (make run)
 
 `elt` runs the steps in order: football CSV load → football API load → vehicle discovery →
-Spark lake job → lake→warehouse load → dbt source freshness → dbt build (the gate) → publish.
+Spark lake job → lake→warehouse load → build plan (sources never loaded are skipped) → dbt
+source freshness → dbt build (the gate) → publish.
 Steps that can fail for a passing reason (HTTP, a Postgres connection, a killed Spark run)
 retry a bounded number of times; steps that fail on bad data do not.
 """
@@ -113,7 +114,9 @@ def check_source_freshness(exclude: list[str]) -> dict[str, str]:
 
 def build_and_gate(select: Sequence[str] | None, resume: bool, exclude: Sequence[str] = ()) -> dbt_gate.GateResult:
     """dbt build into marts_audit (or dbt retry after a failed run); raise if the gate is red."""
-    if resume and dbt_gate.previous_run_failed():
+    # dbt retry repeats the failed build's selection: if a source loaded since then changed what
+    # the plan leaves out, that build is stale and a new one runs.
+    if resume and dbt_gate.previous_run_failed() and dbt_gate.previous_exclude() == list(exclude):
         get_run_logger().info("the previous dbt build failed: resuming with dbt retry")
         command = ["retry"]
     else:
