@@ -183,8 +183,11 @@ def exclude_args(manifest: dict, plan: BuildPlan) -> list[str]:
     return ["--exclude", *("fqn:" + ".".join(graph[uid].fqn) for uid in plan.skipped)] if plan.skipped else []
 
 
-def freshness_exclude_args(manifest: dict, plan: BuildPlan) -> list[str]:
-    names = [f"source:{t.source_name}.{t.name}" for t in source_tables(manifest) if t.unique_id in plan.never_loaded]
+def freshness_exclude_args(manifest: dict) -> list[str]:
+    """dbt source freshness arguments that leave out the never-loaded tables (a vanished one is
+    checked, and fails there too)."""
+    never_loaded, _ = table_states(manifest)
+    names = [f"source:{t.source_name}.{t.name}" for t in source_tables(manifest) if t.unique_id in never_loaded]
     return ["--exclude", *names] if names else []
 
 
@@ -202,7 +205,6 @@ class Skips:
 
     messages: list[str]
     build_exclude: list[str]
-    freshness_exclude: list[str]
     marts: list[str]
 
 
@@ -213,18 +215,22 @@ def skips(manifest: dict) -> Skips:
     return Skips(
         messages(manifest, planned),
         exclude_args(manifest, planned),
-        freshness_exclude_args(manifest, planned),
         skipped_marts(manifest, planned),
     )
 
 
-def check(manifest: dict) -> BuildPlan:
-    """The plan for this warehouse; SourcesVanished when a source table was dropped after loading."""
+def table_states(manifest: dict) -> tuple[dict[str, str], list[SourceTable]]:
+    """(never loaded: unique_id -> reason, vanished) for the source tables of a manifest."""
     tables = source_tables(manifest)
     existing = _existing_tables({table.schema for table in tables})
     incomplete = {table.schema for table in tables if (table.schema, table.identifier) not in existing}
     created = {schema: _created_by_dlt(schema) for schema in incomplete if (schema, "_dlt_version") in existing}
-    never_loaded, vanished = classify(tables, existing, created)
+    return classify(tables, existing, created)
+
+
+def check(manifest: dict) -> BuildPlan:
+    """The plan for this warehouse; SourcesVanished when a source table was dropped after loading."""
+    never_loaded, vanished = table_states(manifest)
     if vanished:
         raise SourcesVanished("; ".join(_vanished_message(table) for table in vanished))
     return plan(manifest, never_loaded)
