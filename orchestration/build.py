@@ -30,7 +30,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     # The parsed manifest is handed over: the build does not parse again.
-    result = dbtRunner(manifest=parsed.result).invoke(["build", *PROJECT, "--vars", VARS, *skips.build_exclude, *argv])
+    result = dbtRunner(manifest=parsed.result).invoke(
+        ["build", *PROJECT, "--vars", VARS, *build_plan.exclude_args(skips.excluded), *argv]
+    )
     for line in skips.messages:
         print(line)
     if result.success:

@@ -177,18 +177,23 @@ def messages(manifest: dict, plan: BuildPlan) -> list[str]:
     return lines
 
 
-def exclude_args(manifest: dict, plan: BuildPlan) -> list[str]:
-    """dbt build/run/test arguments that leave out the skipped nodes (by full name: exact)."""
+def excluded(manifest: dict, plan: BuildPlan) -> list[str]:
+    """dbt selectors of the skipped nodes (by full name: exact)."""
     graph = nodes(manifest)
-    return ["--exclude", *("fqn:" + ".".join(graph[uid].fqn) for uid in plan.skipped)] if plan.skipped else []
+    return ["fqn:" + ".".join(graph[uid].fqn) for uid in plan.skipped]
+
+
+def exclude_args(selectors: list[str]) -> list[str]:
+    return ["--exclude", *selectors] if selectors else []
 
 
 def freshness_exclude_args(manifest: dict) -> list[str]:
     """dbt source freshness arguments that leave out the never-loaded tables (a vanished one is
     checked, and fails there too)."""
     never_loaded, _ = table_states(manifest)
-    names = [f"source:{t.source_name}.{t.name}" for t in source_tables(manifest) if t.unique_id in never_loaded]
-    return ["--exclude", *names] if names else []
+    return exclude_args(
+        [f"source:{t.source_name}.{t.name}" for t in source_tables(manifest) if t.unique_id in never_loaded]
+    )
 
 
 def skipped_marts(manifest: dict, plan: BuildPlan) -> list[str]:
@@ -204,7 +209,7 @@ class Skips:
     """What the dbt commands of one build leave out, and why (JSON-serialisable for Prefect)."""
 
     messages: list[str]
-    build_exclude: list[str]
+    excluded: list[str]  # dbt selectors of the skipped nodes
     marts: list[str]
 
 
@@ -214,7 +219,7 @@ def skips(manifest: dict) -> Skips:
     planned = check(manifest)
     return Skips(
         messages(manifest, planned),
-        exclude_args(manifest, planned),
+        excluded(manifest, planned),
         skipped_marts(manifest, planned),
     )
 
