@@ -16,10 +16,11 @@ from pathlib import Path
 
 from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
 from loaders.warehouse import query
+from orchestration.build_plan import VARS
 
 log = logging.getLogger(__name__)
 
-AUDIT_VARS = "{audit: true}"
+AUDIT_VARS = json.dumps({"audit": True, **VARS})
 FAILED = ("fail", "error")
 SAMPLE_ROWS = 5
 PUBLISHED_INPUTS = "published_inputs.json"
@@ -61,15 +62,20 @@ def invoke(args: list[str]):
     """Run one dbt command through PrefectDbtRunner (one Prefect task per node inside a flow).
 
     Every command shares one target folder, so each reuses the previous one's parse (with the
-    same vars). Only build and retry write run_results.json there: `dbt retry` reads it, and
-    freshness writes sources.json instead; anything else runs with --no-write-json."""
+    same vars). Only build and retry write run_results.json there: `dbt retry` reads it;
+    freshness writes sources.json and parse the manifest instead; anything else runs with
+    --no-write-json."""
     from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 
-    if args[0] not in ("build", "retry", "source"):
+    if args[0] not in ("build", "retry", "source", "parse"):
         args = [*args, "--no-write-json"]
     settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target_dir())
     log.info("dbt %s", " ".join(args))
     return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
+
+
+def manifest() -> dict:
+    return json.loads((target_dir() / "manifest.json").read_text())
 
 
 def inputs_fingerprint(select: list[str] | None) -> str | None:
@@ -127,6 +133,14 @@ def previous_run_failed() -> bool:
     if document.get("args", {}).get("which") not in ("build", "retry"):
         return False
     return any(result["status"] in (*FAILED, "skipped") for result in document["results"])
+
+
+def previous_exclude() -> list[str]:
+    """What the last build or retry left out (--exclude), as run_results.json records it."""
+    results = target_dir() / "run_results.json"
+    if not results.exists():
+        return []
+    return json.loads(results.read_text()).get("args", {}).get("exclude") or []
 
 
 def summarise(command: list[str]) -> GateResult:

@@ -3,7 +3,8 @@
     python -m orchestration.flows            # one run of `elt` on the configured target (make run)
 
 `elt` runs the steps in order: football CSV load → football API load → vehicle discovery →
-Spark lake job → lake→warehouse load → dbt source freshness → dbt build (the gate) → publish.
+Spark lake job → lake→warehouse load → dbt source freshness → build plan (sources never
+loaded are skipped) → dbt build (the gate) → publish.
 Steps that can fail for a passing reason (HTTP, a Postgres connection, a killed Spark run)
 retry a bounded number of times; steps that fail on bad data do not.
 """
@@ -27,7 +28,7 @@ from prefect.settings import get_current_settings
 
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.settings import data_dir, data_dir_or_exit, ensure_data_dir, pipeline
-from orchestration import dbt_gate
+from orchestration import build_plan, dbt_gate
 from orchestration.report import export_reports, report_dir
 
 SOURCES = ("football_csv", "football_api", "vehicles")
@@ -94,12 +95,34 @@ def load_lake_to_warehouse() -> None:
     pipeline("vehicles_lake", DATASET).run(vehicles_lake())
 
 
+def parsed_manifest(reuse: bool) -> dict:
+    """The manifest of the last dbt command in the target dir (reuse), else of a new parse."""
+    if not (reuse and (dbt_gate.target_dir() / "manifest.json").exists()):
+        # The same vars as freshness, build and publish, which then reuse this parse (dbt
+        # re-parses fully when vars change).
+        result = dbt_gate.invoke(["parse", "--vars", dbt_gate.AUDIT_VARS])
+        if not result.success:
+            raise RuntimeError(f"dbt parse failed: {result.exception}")
+    return dbt_gate.manifest()
+
+
+@task
+def plan_build(reuse_parse: bool = False) -> build_plan.Skips:
+    """What the build leaves out: sources never loaded are skipped and named; a source table
+    dropped after loading fails the run (SourcesVanished)."""
+    skips = build_plan.skips(parsed_manifest(reuse_parse))
+    for line in skips.messages:
+        get_run_logger().warning(line)
+    return skips
+
+
 @task
 def check_source_freshness() -> dict[str, str]:
-    """Stale sources are reported, not fatal: the build still runs on what is there."""
-    # The same vars as the build and publish, which then reuse this parse (dbt re-parses fully
-    # when vars change).
-    dbt_gate.invoke(["source", "freshness", "--vars", dbt_gate.AUDIT_VARS])
+    """Stale sources are reported, not fatal: the build still runs on what is there. Tables
+    never loaded are not checked; which tables the project declares comes from the last run's
+    manifest, so no parse is added (a table declared since is checked once, and reported)."""
+    exclude = build_plan.freshness_exclude_args(parsed_manifest(reuse=True))
+    dbt_gate.invoke(["source", "freshness", "--vars", dbt_gate.AUDIT_VARS, *exclude])
     sources = json.loads((dbt_gate.target_dir() / "sources.json").read_text())["results"]
     statuses = {result["unique_id"].removeprefix("source.elt."): result["status"] for result in sources}
     stale = {name: status for name, status in statuses.items() if status not in ("pass",)}
@@ -108,13 +131,16 @@ def check_source_freshness() -> dict[str, str]:
     return statuses
 
 
-def build_and_gate(select: Sequence[str] | None, resume: bool) -> dbt_gate.GateResult:
+def build_and_gate(select: Sequence[str] | None, resume: bool, exclude: Sequence[str] = ()) -> dbt_gate.GateResult:
     """dbt build into marts_audit (or dbt retry after a failed run); raise if the gate is red."""
-    if resume and dbt_gate.previous_run_failed():
+    # dbt retry repeats the failed build's selection: if a source loaded since then changed what
+    # the plan leaves out, that build is stale and a new one runs.
+    if resume and dbt_gate.previous_run_failed() and dbt_gate.previous_exclude() == list(exclude):
         get_run_logger().info("the previous dbt build failed: resuming with dbt retry")
         command = ["retry"]
     else:
-        command = ["build", "--vars", dbt_gate.AUDIT_VARS] + (["--select", *select] if select else [])
+        command = ["build", "--vars", dbt_gate.AUDIT_VARS, *build_plan.exclude_args(list(exclude))]
+        command += ["--select", *select] if select else []
     dbt_gate.invoke(command)
     result = dbt_gate.summarise(command)
     create_markdown_artifact(key="dbt-gate", markdown=dbt_gate.markdown_report(result), description="dbt test gate")
@@ -126,9 +152,11 @@ def build_and_gate(select: Sequence[str] | None, resume: bool) -> dbt_gate.GateR
 
 
 @task
-def publish() -> list[str]:
-    """Audited marts → marts in one transaction, then the report from the published marts."""
-    result = dbt_gate.invoke(["run-operation", "publish_marts", "--vars", dbt_gate.AUDIT_VARS])
+def publish(skipped_marts: Sequence[str] = ()) -> list[str]:
+    """Audited marts → marts in one transaction, then the report from the published marts.
+    Marts the build skipped stay as they are."""
+    arguments = ["--args", json.dumps({"skipped": list(skipped_marts)})] if skipped_marts else []
+    result = dbt_gate.invoke(["run-operation", "publish_marts", "--vars", dbt_gate.AUDIT_VARS, *arguments])
     if not result.success:
         raise RuntimeError(f"publishing the audited marts failed: {result.exception}")
     return [str(path) for path in export_reports()]
@@ -203,13 +231,15 @@ def elt(
     reports: list[str] = []
     if build:
         outcome["freshness"] = check_source_freshness()
+        skips = plan_build(reuse_parse=True)  # freshness has just parsed the project
+        outcome["skipped"] = skips.messages
         inputs = dbt_gate.inputs_fingerprint(select)
         if dbt_gate.already_published(inputs):
             get_run_logger().info("nothing new since the last published build: gate and publish skipped")
             outcome["gate_skipped"] = True
         else:
-            gate = build_and_gate(select, resume)
-            reports = publish()
+            gate = build_and_gate(select, resume, skips.excluded)
+            reports = publish(skips.marts)
             # Before the first build there is no manifest to read the inputs from; the build
             # changed no source table, so they can be read now.
             dbt_gate.record_published(inputs or dbt_gate.inputs_fingerprint(select))
@@ -243,6 +273,8 @@ def print_summary(outcome: dict) -> None:
     for lake in outcome.get("lake", []):
         if lake["failed_files"]:
             print(f"Failed files ({lake['file_type']}): {lake['failed_files']}")
+    for line in outcome.get("skipped", []):
+        print(f"dbt: {line}")
     if outcome.get("gate_skipped"):
         print("dbt: nothing new since the last published build (same data, same project): gate and publish skipped")
     if "tests" in outcome:
@@ -347,9 +379,12 @@ def backfill(
             load_football_api("live", competitions, parse_season(season).start_year)
             time.sleep(request_delay)
     if build:
-        gate = build_and_gate(["+path:models/marts/football", "+path:models/marts/reporting"], resume=False)
+        skips = plan_build()
+        gate = build_and_gate(
+            ["+path:models/marts/football", "+path:models/marts/reporting"], resume=False, exclude=skips.excluded
+        )
         outcome["tests"] = gate.counts
-        outcome["reports"] = publish()
+        outcome["reports"] = publish(skips.marts)
     return outcome
 
 

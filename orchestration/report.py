@@ -16,9 +16,9 @@ from pathlib import Path
 from loaders.settings import data_dir, data_dir_or_exit
 from loaders.warehouse import query
 
-REPORTS = {
-    "teams_per_competition.csv": "select * from marts.rpt_teams_per_competition order by season, competition_code",
-    "league_leaders.csv": "select * from marts.rpt_league_leaders order by season_label, division_code",
+REPORTS = {  # file -> (mart, order)
+    "teams_per_competition.csv": ("rpt_teams_per_competition", "season, competition_code"),
+    "league_leaders.csv": ("rpt_league_leaders", "season_label, division_code"),
 }
 
 
@@ -29,7 +29,13 @@ def report_dir() -> Path:
 def export_reports(folder: Path | None = None) -> list[Path]:
     folder = folder or report_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    results = {name: query(sql) for name, sql in REPORTS.items()}  # read everything before writing
+    # A mart never built (its source never loaded) has no report; read everything before writing.
+    _, published = query("select table_name from information_schema.tables where table_schema = 'marts'")
+    results = {
+        name: query(f"select * from marts.{mart} order by {order}")
+        for name, (mart, order) in REPORTS.items()
+        if (mart,) in published
+    }
     written = []
     for name, (columns, rows) in results.items():
         path = folder / name

@@ -2,7 +2,7 @@ with
 
 source as (
 
-    select * from {{ source('football_api', 'competition_teams') }}
+    select * from {{ source_or_empty('football_api', 'competition_teams') }}
 
 ),
 

@@ -4,13 +4,13 @@ with
 
 squad as (
 
-    select * from {{ source('football_api', 'teams__squad') }}
+    select * from {{ source_or_empty('football_api', 'teams__squad') }}
 
 ),
 
 teams as (
 
-    select id, _dlt_id from {{ source('football_api', 'teams') }}
+    select id, _dlt_id from {{ source_or_empty('football_api', 'teams') }}
 
 ),
 

@@ -4,7 +4,7 @@ with
 
 source as (
 
-    select * from {{ source('football_api', 'teams') }}
+    select * from {{ source_or_empty('football_api', 'teams') }}
 
 ),
 

@@ -4,7 +4,7 @@ with
 
 source as (
 
-    select * from {{ source('football_data', 'matches') }}
+    select * from {{ source_or_empty('football_data', 'matches') }}
 
 ),
 

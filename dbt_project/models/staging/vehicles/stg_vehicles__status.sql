@@ -2,7 +2,7 @@ with
 
 source as (
 
-    select * from {{ source('vehicles', 'vehicle_status') }}
+    select * from {{ source_or_empty('vehicles', 'vehicle_status') }}
 
 ),
 

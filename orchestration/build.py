@@ -1,0 +1,44 @@
+"""`make build`: dbt build of everything the loaded sources feed, straight into `marts` (the `elt`
+flow audits first). The same plan as the flow (orchestration/build_plan.py): sources never
+loaded are skipped and named, a source table dropped after loading is an error.
+
+    python -m orchestration.build [dbt build options, e.g. --select +fct_matches]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
+from orchestration import build_plan
+
+PROJECT = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
+VARS = json.dumps(build_plan.VARS)
+
+
+def main(argv: list[str]) -> int:
+    from dbt.cli.main import dbtRunner
+
+    parsed = dbtRunner().invoke(["parse", *PROJECT, "--vars", VARS, "--quiet"])
+    if not parsed.success:
+        return 2
+    manifest = parsed.result.writable_manifest().to_dict()
+    try:
+        skips = build_plan.skips(manifest)
+    except build_plan.SourcesVanished as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    # The parsed manifest is handed over: the build does not parse again.
+    result = dbtRunner(manifest=parsed.result).invoke(
+        ["build", *PROJECT, "--vars", VARS, *build_plan.exclude_args(skips.excluded), *argv]
+    )
+    for line in skips.messages:
+        print(line)
+    if result.success:
+        return 0
+    return 2 if result.exception else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
