@@ -17,10 +17,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from uuid import UUID
 
+import dlt
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging.handlers import PrefectConsoleHandler
@@ -32,6 +34,13 @@ from orchestration import build_plan, dbt_gate
 from orchestration.report import export_reports, report_dir
 
 SOURCES = ("football_csv", "football_api", "vehicles")
+T = TypeVar("T")
+
+
+def rows_loaded(load: dlt.Pipeline) -> int:
+    """Rows of data (not dlt's bookkeeping) that the pipeline's last run loaded."""
+    counts = load.last_trace.last_normalize_info.row_counts if load.last_trace.last_normalize_info else {}
+    return sum(count for table, count in counts.items() if not table.startswith("_dlt"))
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
@@ -42,7 +51,8 @@ def load_football_csv(
 
     report = LoadReport()
     options = source_options("football_csv", mode, seasons=seasons, divisions=divisions)
-    pipeline("football_csv", "raw_football").run(football_csv(report=report, request_delay=request_delay, **options))
+    load = pipeline("football_csv", "raw_football")
+    load.run(football_csv(report=report, request_delay=request_delay, **options))
     if report.failed:
         get_run_logger().warning("football_csv files that failed (kept in landing/): %s", report.failed)
     return {
@@ -51,6 +61,7 @@ def load_football_csv(
         "unchanged": report.unchanged,
         "missing": report.missing,
         "failed": report.failed,
+        "rows": rows_loaded(load),
     }
 
 
@@ -60,8 +71,9 @@ def load_football_api(mode: str, competitions: list[str] | None, season: int | s
 
     report = LoadReport()
     options = source_options("football_api", mode, competitions=competitions, season=season)
-    pipeline("football_api", "raw_football_api").run(football_api(report=report, **options))
-    return {"season": report.season}
+    load = pipeline("football_api", "raw_football_api")
+    load.run(football_api(report=report, **options))
+    return {"season": report.season, "rows": rows_loaded(load)}
 
 
 @task
@@ -89,10 +101,12 @@ def run_lake_job() -> list[dict]:
 
 
 @task(retries=2, retry_delay_seconds=[5, 30])
-def load_lake_to_warehouse() -> None:
+def load_lake_to_warehouse() -> int:
     from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
 
-    pipeline("vehicles_lake", DATASET).run(vehicles_lake())
+    load = pipeline("vehicles_lake", DATASET)
+    load.run(vehicles_lake())
+    return rows_loaded(load)
 
 
 def parsed_manifest(reuse: bool) -> dict:
@@ -180,6 +194,42 @@ def summarise_run() -> list[dict]:
     return rows
 
 
+def step(name: str, run: Callable[[], T], describe: Callable[[T], str] = lambda _: "") -> T:
+    """One line when a step starts and one when it ends, with what it did: what a person follows
+    on screen (the tasks' own lines stay in Prefect's logs)."""
+    logger = get_run_logger()
+    logger.info("%s ...", name)
+    started = time.monotonic()
+    result = run()
+    detail = describe(result)
+    logger.info("%s: done in %.1fs%s", name, time.monotonic() - started, f" - {detail}" if detail else "")
+    return result
+
+
+def describe_csv_load(load: dict) -> str:
+    return (
+        f"seasons {', '.join(load['seasons'])}: {len(load['loaded'])} files loaded, {len(load['unchanged'])} "
+        f"unchanged, {len(load['missing'])} not found, {len(load['failed'])} failed; {load['rows']} rows"
+    )
+
+
+def describe_discovery(found: dict) -> str:
+    staged = f"{found['staged']} sample files staged, " if found["staged"] else ""
+    return f"{staged}{found['processing']} files to process, {found['pending']} pending, {len(found['failed'])} failed"
+
+
+def describe_lake(batches: list[dict]) -> str:
+    return "; ".join(
+        f"{batch['file_type']}: {len(batch['committed_files'])} files, {batch['rows']} rows, "
+        f"{batch['rejected']} rejected, {len(batch['failed_files'])} failed"
+        for batch in batches
+    )
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+
+
 @flow(name="elt", log_prints=True)
 def elt(
     sources: list[str] | None = None,
@@ -221,16 +271,23 @@ def elt(
     if sources:
         remember_mode(mode)
     if "football_csv" in sources:
-        outcome["football_csv"] = load_football_csv(mode, seasons, divisions)
+        outcome["football_csv"] = step(
+            "football-data.co.uk load", lambda: load_football_csv(mode, seasons, divisions), describe_csv_load
+        )
     if "football_api" in sources:
-        outcome["football_api"] = load_football_api(mode, competitions, season)
+        outcome["football_api"] = step(
+            "football-data.org load",
+            lambda: load_football_api(mode, competitions, season),
+            lambda load: f"season {load['season']}: {load['rows']} rows",
+        )
     if "vehicles" in sources:
-        outcome["discovery"] = discover_vehicle_files(mode)
-        outcome["lake"] = run_lake_job()
-        load_lake_to_warehouse()
+        outcome["discovery"] = step("vehicle file discovery", lambda: discover_vehicle_files(mode), describe_discovery)
+        outcome["lake"] = step("Spark lake job", run_lake_job, describe_lake)
+        step("lake → warehouse load", load_lake_to_warehouse, lambda rows: f"{rows} rows")
     reports: list[str] = []
     if build:
-        outcome["freshness"] = check_source_freshness()
+        freshness = step("dbt source freshness", check_source_freshness, lambda s: describe_counts(Counter(s.values())))
+        outcome["freshness"] = freshness
         skips = plan_build(reuse_parse=True)  # freshness has just parsed the project
         outcome["skipped"] = skips.messages
         inputs = dbt_gate.inputs_fingerprint(select)
@@ -238,8 +295,12 @@ def elt(
             get_run_logger().info("nothing new since the last published build: gate and publish skipped")
             outcome["gate_skipped"] = True
         else:
-            gate = build_and_gate(select, resume, skips.excluded)
-            reports = publish(skips.marts)
+            gate = step(
+                "dbt build (the gate)",
+                lambda: build_and_gate(select, resume, skips.excluded),
+                lambda gate: describe_counts(gate.counts),
+            )
+            reports = step("publish", lambda: publish(skips.marts), lambda files: f"{len(files)} report files")
             # Before the first build there is no manifest to read the inputs from; the build
             # changed no source table, so they can be read now.
             dbt_gate.record_published(inputs or dbt_gate.inputs_fingerprint(select))
