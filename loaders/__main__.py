@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vehicles_cmd.set_defaults(handler=_vehicles)
 
-    registry_cmd = commands.add_parser("registry", help="the vehicle file-type registry (meta.file_types)")
+    registry_cmd = commands.add_parser("registry", help="the vehicle file-type registry (beside the Iceberg catalog)")
     registry_cmd.add_argument("action", choices=["list", "show", "activate", "deactivate"])
     registry_cmd.add_argument("file_type", nargs="?")
     registry_cmd.set_defaults(handler=_registry)

@@ -22,7 +22,7 @@ from loaders.settings import target, warehouse_path
 from loaders.vehicles.lake import NAMESPACE, catalog
 
 EXTENSION_PACKAGES = ("duckdb_extension_avro", "duckdb_extension_iceberg")
-WAREHOUSE_SCHEMAS = ("marts", "intermediate", "staging", "raw_vehicles", "raw_football", "raw_football_api", "meta")
+WAREHOUSE_SCHEMAS = ("marts", "intermediate", "staging", "raw_vehicles", "raw_football", "raw_football_api")
 
 
 def load_extensions(connection: duckdb.DuckDBPyConnection) -> None:

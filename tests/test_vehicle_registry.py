@@ -1,9 +1,12 @@
-"""The vehicle file-type registry and file naming rules (real DuckDB, no Spark)."""
+"""The vehicle file-type registry (in the lake's SQL database) and file naming rules (no Spark)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
+from loaders.settings import warehouse_path
 from loaders.vehicles.files import SAMPLE_DIR, discover, file_type_of, stage_sample, state_dir
 from loaders.vehicles.registry import (
     FileType,
@@ -14,6 +17,8 @@ from loaders.vehicles.registry import (
     seed_file_types,
     validate_identifier,
 )
+
+from .conftest import rows
 
 
 def test_the_seed_defines_events_and_status():
@@ -131,3 +136,32 @@ def test_the_bundled_sample_is_staged_once(data_dir):
     discover()
     assert stage_sample() == []  # already in processing/: not delivered again
     assert not list(state_dir("incoming").iterdir())
+
+
+def catalog_tables(target: str, data_dir) -> set[str]:
+    """Tables in the lake's SQL database, read straight from it: the SQLite file in the lake, or
+    the catalog's schema in the test's Postgres database."""
+    if target == "postgres":
+        import psycopg2
+
+        from loaders.settings import postgres_credentials
+
+        with psycopg2.connect(postgres_credentials()) as connection, connection.cursor() as cursor:
+            cursor.execute("select table_name from information_schema.tables where table_schema = 'iceberg_catalog'")
+            return {name for (name,) in cursor.fetchall()}
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(data_dir / "lake" / "catalog.db")) as connection:
+        return {name for (name,) in connection.execute("select name from sqlite_master where type = 'table'")}
+
+
+def test_the_registry_lives_beside_the_iceberg_catalog_not_in_the_warehouse(target, data_dir):
+    from loaders.vehicles.lake import catalog
+
+    catalog()
+    Registry().sync_seed()
+    assert {"file_types", "iceberg_tables"} <= catalog_tables(target, data_dir)
+    if target == "duckdb":
+        assert not warehouse_path().exists()
+    else:
+        assert rows("select count(*) from information_schema.schemata where schema_name = 'meta'") == [(0,)]
