@@ -47,8 +47,10 @@ load: setup
 	$(BIN)/python -m spark_jobs.vehicle_lake
 	$(BIN)/python -m loaders vehicles load
 
+# dbt in one process with the DuckDB warehouse held: waits for another writer or reader
+# (ELT_LOCK_TIMEOUT seconds) instead of failing on its lock.
 build: setup
-	$(DBT) build
+	$(BIN)/python -m orchestration.dbt_cli build
 
 query: setup
 	$(BIN)/python -m loaders.query

@@ -8,6 +8,7 @@ python -m loaders status
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ from loaders.settings import data_dir, pipeline, target
 from loaders.storage import StorageError
 from loaders.vehicles import files as vehicle_files
 from loaders.vehicles.registry import Registry, RegistryError
+from loaders.warehouse import WarehouseBusy, held_for_writing
 
 
 def _football_csv(args: argparse.Namespace) -> int:
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"registry {args.action} needs a file type")
     print(f"target={target()} data_dir={data_dir()}")
     try:
-        return args.handler(args)
+        with held_for_writing() if writes_to_warehouse(args) else contextlib.nullcontext():
+            return args.handler(args)
     except PipelineStepFailed as failure:
         cause = _known_cause(failure)
         if cause is None:
@@ -179,7 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-KNOWN_ERRORS = (football_csv.FootballCsvError, football_api.FootballApiError, RegistryError, StorageError)
+KNOWN_ERRORS = (
+    football_csv.FootballCsvError,
+    football_api.FootballApiError,
+    RegistryError,
+    StorageError,
+    WarehouseBusy,
+)
+
+
+def writes_to_warehouse(args: argparse.Namespace) -> bool:
+    """Commands that load into the warehouse, and so wait for DuckDB's one writer slot."""
+    return args.command in ("football-csv", "football-api") or (args.command == "vehicles" and args.step == "load")
 
 
 def _known_cause(error: BaseException) -> BaseException | None:

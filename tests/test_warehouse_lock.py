@@ -7,8 +7,11 @@ Another process holding the file is real: a subprocess with `duckdb.connect(path
 from __future__ import annotations
 
 import contextlib
+import csv
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,14 +19,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders.settings import warehouse_path
+from loaders.settings import PROJECT_ROOT, warehouse_path
 from loaders.vehicles.files import discover, state_dir
 from loaders.vehicles.generate import START, generate
 from spark_jobs.vehicle_lake import run as run_lake_job
 
+from .conftest import rows, tables_in
 from .vehicles_helpers import lake_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_target]
+SAMPLE_CSV = PROJECT_ROOT / "data" / "sample" / "football_csv" / "2425"
 
 HOLDER = (
     "import duckdb, sys\n"
@@ -75,3 +80,102 @@ def test_discovery_and_the_lake_job_never_open_the_warehouse(data_dir):
     assert len(reports["vehicles_events"].committed_files) == 1
     expected = first.good["vehicles_events"] + second.good["vehicles_events"]
     assert len(lake_rows("vehicle_events")) == expected == 70
+
+
+def sample_matches(*divisions: str) -> int:
+    """Match rows in the bundled CSVs, counted here with the csv module (blank rows skipped)."""
+    total = 0
+    for division in divisions:
+        with open(SAMPLE_CSV / f"{division}.csv", encoding="utf-8-sig", newline="") as handle:
+            total += sum(1 for row in csv.reader(handle) if any(cell.strip() for cell in row)) - 1
+    return total
+
+
+def loader(*args: str, lock_timeout: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "loaders", *args],
+        env={**os.environ, "ELT_LOCK_TIMEOUT": str(lock_timeout)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(stream, text: str) -> str:
+    """The first line of a process's output containing `text` ('' if the output ended first)."""
+    for line in stream:
+        if text in line:
+            return line
+    return ""
+
+
+def test_a_load_waits_while_a_reader_holds_the_warehouse_and_completes_once_it_closes(data_dir):
+    duckdb.connect(str(warehouse_path())).close()
+    with warehouse_held_by_another_process(warehouse_path(), read_only=True) as reader:
+        load = loader("football-csv", lock_timeout=120)
+        waiting = wait_for_line(load.stderr, "waiting for the warehouse")
+        assert f"PID {reader.pid} (" in waiting, waiting
+        time.sleep(1)
+        assert load.poll() is None and reader.poll() is None  # still waiting, the reader still there
+    stdout, stderr = load.communicate(timeout=300)
+    assert load.returncode == 0, stderr[-3000:]
+    assert rows("select count(*) from raw_football.matches") == [(sample_matches("D2", "E0", "E1", "SC0", "SP1"),)]
+
+
+def test_a_load_fails_with_one_line_naming_the_holder_when_the_lock_is_never_released(data_dir):
+    with warehouse_held_by_another_process(warehouse_path()) as holder:
+        load = loader("football-csv", lock_timeout=3)
+        stdout, stderr = load.communicate(timeout=120)
+        assert holder.poll() is None and is_locked_by_another_process(warehouse_path())  # held throughout
+    assert load.returncode == 2
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the warehouse {warehouse_path()} is locked by PID {holder.pid} ("), last
+    assert last.endswith("gave up after 3s (ELT_LOCK_TIMEOUT)"), last
+    assert not tables_in("raw_football")
+
+
+def load_sample_division(division: str) -> None:
+    from loaders.football_csv import football_csv
+    from loaders.settings import pipeline
+
+    pipeline("football_csv", "raw_football").run(football_csv(divisions=[division]))
+
+
+def test_readers_hold_the_warehouse_only_while_a_statement_runs(data_dir):
+    load_sample_division("E0")
+    session = subprocess.Popen(  # make query
+        [sys.executable, "-m", "loaders.query"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        count = "select 'matches=' || count(*) as answer from raw_football.matches;\n"
+        session.stdin.write(count)
+        session.stdin.flush()
+        assert f"matches={sample_matches('E0')}" in wait_for_line(session.stdout, "matches=")
+        with warehouse_held_by_another_process(warehouse_path(), read_only=True):  # e.g. a BI tool
+            status = subprocess.run(
+                [sys.executable, "-m", "loaders", "status"],
+                env={**os.environ, "ELT_LOCK_TIMEOUT": "0"},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        assert status.returncode == 0, status.stderr
+        matches = next(line.split() for line in status.stdout.splitlines() if line.startswith("raw_football.matches "))
+        assert matches[1] == f"{sample_matches('E0'):,}"
+        # The session is idle at its prompt: a writer in another process gets the lock at once.
+        load = loader("football-csv", lock_timeout=0)
+        stdout, stderr = load.communicate(timeout=300)
+        assert load.returncode == 0 and "waiting for the warehouse" not in stderr, stderr[-3000:]
+        session.stdin.write(count)
+        session.stdin.flush()
+        expected = sample_matches("D2", "E0", "E1", "SC0", "SP1")
+        assert f"matches={expected}" in wait_for_line(session.stdout, "matches=")
+        assert session.poll() is None  # the same session, still open
+    finally:
+        session.stdin.close()
+        session.wait(timeout=30)
