@@ -22,12 +22,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from loaders.settings import data_dir, pipeline
 from orchestration import dbt_gate
+from orchestration.concurrency import writes_to_warehouse
 from orchestration.report import export_reports, report_dir
 
 SOURCES = ("football_csv", "football_api", "vehicles")
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
+@writes_to_warehouse
 def load_football_csv(seasons: list[str] | None, divisions: list[str] | None, request_delay: float = 0.0) -> dict:
     from loaders.football_csv import LoadReport, football_csv
 
@@ -44,6 +46,7 @@ def load_football_csv(seasons: list[str] | None, divisions: list[str] | None, re
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
+@writes_to_warehouse
 def load_football_api(competitions: list[str] | None, season: int | None) -> None:
     from loaders.football_api import football_api
 
@@ -78,6 +81,7 @@ def run_lake_job() -> list[dict]:
 
 
 @task(retries=2, retry_delay_seconds=[5, 30])
+@writes_to_warehouse
 def load_lake_to_warehouse() -> None:
     from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
 
@@ -85,6 +89,7 @@ def load_lake_to_warehouse() -> None:
 
 
 @task
+@writes_to_warehouse
 def check_source_freshness() -> dict[str, str]:
     """Stale sources are reported, not fatal: the build still runs on what is there."""
     # The same vars as the build and publish, which then reuse this parse (dbt re-parses fully
@@ -98,6 +103,7 @@ def check_source_freshness() -> dict[str, str]:
     return statuses
 
 
+@writes_to_warehouse
 def build_and_gate(select: Sequence[str] | None, resume: bool) -> dbt_gate.GateResult:
     """dbt build into marts_audit (or dbt retry after a failed run); raise if the gate is red."""
     if resume and dbt_gate.previous_run_failed():
@@ -116,6 +122,7 @@ def build_and_gate(select: Sequence[str] | None, resume: bool) -> dbt_gate.GateR
 
 
 @task
+@writes_to_warehouse
 def publish() -> list[str]:
     """Audited marts → marts in one transaction, then the report from the published marts."""
     result = dbt_gate.invoke(["run-operation", "publish_marts", "--vars", dbt_gate.AUDIT_VARS])
@@ -125,6 +132,7 @@ def publish() -> list[str]:
 
 
 @task
+@writes_to_warehouse
 def summarise_run() -> list[dict]:
     from loaders.warehouse import query
 

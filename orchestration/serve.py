@@ -10,6 +10,8 @@
 | maintenance-daily | 02:30 every day                       | snapshots, orphan files, landing retention |
 
 prefect.yaml declares the same deployments for a process work pool (`prefect deploy --all`).
+Their warehouse-writing steps take turns through the global concurrency limit `elt-warehouse`
+(orchestration/concurrency.py), created here before serving.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import urllib.request
 from prefect import serve
 from prefect.schedules import Cron
 
+from orchestration.concurrency import WAREHOUSE_LIMIT, ensure_warehouse_limit
 from orchestration.flows import elt, maintenance
 
 VEHICLE_MARTS = ["+path:models/marts/vehicles"]
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if server:
         print(f"Prefect UI: http://127.0.0.1:{args.port}")
     try:
+        ensure_warehouse_limit()
+        print(f"Warehouse writers take turns: global concurrency limit {WAREHOUSE_LIMIT!r} (1 slot)")
         serve(*deployments())
     finally:
         if server:

@@ -7,7 +7,6 @@ Another process holding the file is real: a subprocess with `duckdb.connect(path
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import subprocess
 import sys
@@ -19,16 +18,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders.settings import PROJECT_ROOT, warehouse_path
+from loaders.settings import warehouse_path
 from loaders.vehicles.files import discover, state_dir
 from loaders.vehicles.generate import START, generate
 from spark_jobs.vehicle_lake import run as run_lake_job
 
-from .conftest import rows, tables_in
+from .conftest import rows, sample_matches, tables_in
 from .vehicles_helpers import lake_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_target]
-SAMPLE_CSV = PROJECT_ROOT / "data" / "sample" / "football_csv" / "2425"
 
 HOLDER = (
     "import duckdb, sys\n"
@@ -82,15 +80,6 @@ def test_discovery_and_the_lake_job_never_open_the_warehouse(data_dir):
     assert len(lake_rows("vehicle_events")) == expected == 70
 
 
-def sample_matches(*divisions: str) -> int:
-    """Match rows in the bundled CSVs, counted here with the csv module (blank rows skipped)."""
-    total = 0
-    for division in divisions:
-        with open(SAMPLE_CSV / f"{division}.csv", encoding="utf-8-sig", newline="") as handle:
-            total += sum(1 for row in csv.reader(handle) if any(cell.strip() for cell in row)) - 1
-    return total
-
-
 def loader(*args: str, lock_timeout: float) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "loaders", *args],
@@ -119,7 +108,7 @@ def test_a_load_waits_while_a_reader_holds_the_warehouse_and_completes_once_it_c
         assert load.poll() is None and reader.poll() is None  # still waiting, the reader still there
     stdout, stderr = load.communicate(timeout=300)
     assert load.returncode == 0, stderr[-3000:]
-    assert rows("select count(*) from raw_football.matches") == [(sample_matches("D2", "E0", "E1", "SC0", "SP1"),)]
+    assert rows("select count(*) from raw_football.matches") == [(sample_matches(),)]
 
 
 def test_a_load_fails_with_one_line_naming_the_holder_when_the_lock_is_never_released(data_dir):
@@ -173,7 +162,7 @@ def test_readers_hold_the_warehouse_only_while_a_statement_runs(data_dir):
         assert load.returncode == 0 and "waiting for the warehouse" not in stderr, stderr[-3000:]
         session.stdin.write(count)
         session.stdin.flush()
-        expected = sample_matches("D2", "E0", "E1", "SC0", "SP1")
+        expected = sample_matches()
         assert f"matches={expected}" in wait_for_line(session.stdout, "matches=")
         assert session.poll() is None  # the same session, still open
     finally:
