@@ -21,6 +21,7 @@ import pytest
 from loaders.settings import warehouse_path
 from loaders.vehicles.files import discover, state_dir
 from loaders.vehicles.generate import START, generate
+from loaders.warehouse import held_for_writing
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows, sample_matches, tables_in
@@ -168,3 +169,21 @@ def test_readers_hold_the_warehouse_only_while_a_statement_runs(data_dir):
     finally:
         session.stdin.close()
         session.wait(timeout=30)
+
+
+def another_process_can_open(path: Path) -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1]).close()", str(path)],
+        capture_output=True,
+        timeout=60,
+    )
+    return probe.returncode == 0
+
+
+def test_a_flow_process_lets_go_of_the_warehouse_when_its_dbt_step_ends(data_dir, prefect_api):
+    from orchestration import dbt_gate
+
+    with held_for_writing():  # as in a flow's warehouse turn
+        assert dbt_gate.invoke(["seed"]).success
+        assert not another_process_can_open(warehouse_path())
+    assert another_process_can_open(warehouse_path())  # dbt-duckdb did not keep it open
