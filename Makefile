@@ -20,8 +20,12 @@ export RUNTIME__DLTHUB_TELEMETRY := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Prefect's local state (its SQLite API database) beside the data, not in ~/.prefect.
 export PREFECT_HOME ?= $(ELT_DATA_DIR)/.prefect
+# The temporary Prefect API of `make run` may take longer than Prefect's 20 s to start on a busy machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
 DBT := $(BIN)/dbt
+# Targets that write create the data dir first; mkdir says in one line why when it cannot.
+MAKE_DATA_DIR = @mkdir -p "$(ELT_DATA_DIR)" && mkdir -p "$(PREFECT_HOME)"
 
 .PHONY: help setup load build report docs query serve run test bench lint clean reset
 
@@ -50,6 +54,7 @@ load: setup
 # dbt in one process with the DuckDB warehouse held: waits for another writer or reader
 # (ELT_LOCK_TIMEOUT seconds) instead of failing on its lock.
 build: setup
+	$(MAKE_DATA_DIR)
 	$(BIN)/python -m orchestration.dbt_cli build
 
 query: setup
@@ -59,6 +64,7 @@ report: setup
 	$(BIN)/python -m orchestration.report
 
 docs: setup
+	$(MAKE_DATA_DIR)
 	$(DBT) docs generate
 	$(DBT) docs serve --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
 
@@ -68,11 +74,13 @@ serve: setup
 # Prefect's local API database is created (migrated) once, not on the first run's clock (~10 s).
 PREFECT_DB := $(PREFECT_HOME)/prefect.db
 $(PREFECT_DB): $(SETUP_STAMP)
+	$(MAKE_DATA_DIR)
 	$(BIN)/prefect server database upgrade -y >/dev/null
 	@touch $@
 
+# VERBOSE=1 also shows every task run (one per dbt node) on screen; they are always in Prefect's logs.
 run: setup $(PREFECT_DB)
-	$(BIN)/python -m orchestration.flows
+	$(BIN)/python -m orchestration.flows $(if $(VERBOSE),--verbose)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -16,7 +16,7 @@ import sys
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import football_api, football_csv
-from loaders.settings import data_dir, pipeline, target
+from loaders.settings import data_dir, data_dir_or_exit, pipeline, target
 from loaders.storage import StorageError
 from loaders.vehicles import files as vehicle_files
 from loaders.vehicles.registry import Registry, RegistryError
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "action", "list") != "list" and not args.file_type:
         parser.error(f"registry {args.action} needs a file type")
+    data_dir_or_exit()
     print(f"target={target()} data_dir={data_dir()}")
     try:
         with held_for_writing() if writes_to_warehouse(args) else contextlib.nullcontext():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from loaders.settings import target, warehouse_path
+from loaders.settings import data_dir_or_exit, target, warehouse_path
 from loaders.vehicles.lake import NAMESPACE, catalog
 from loaders.warehouse import WarehouseBusy, when_unlocked
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loaders.query", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--command", help="run one statement and exit")
     args = parser.parse_args(argv)
+    data_dir_or_exit()
     connection = open_session()
     if args.command:
         run_statement(connection, args.command)

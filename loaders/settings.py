@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -25,6 +26,31 @@ def project_path(path: str | Path) -> Path:
 def data_dir() -> Path:
     """Root of everything the pipeline writes (landing/, lake/, warehouse.duckdb, ...)."""
     return Path(os.environ.get("ELT_DATA_DIR", PROJECT_ROOT / "data")).resolve()
+
+
+class DataDirError(Exception):
+    """The data dir cannot be created or written (a one-line reason)."""
+
+
+def ensure_data_dir() -> Path:
+    """The data dir, created on first use; every entry point calls this before writing."""
+    path = data_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataDirError(f"cannot create the data dir {path} (ELT_DATA_DIR): {error.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DataDirError(f"the data dir {path} (ELT_DATA_DIR) is not writable")
+    return path
+
+
+def data_dir_or_exit() -> Path:
+    """ensure_data_dir for command lines: the reason as one line and exit status 2, no traceback."""
+    try:
+        return ensure_data_dir()
+    except DataDirError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def landing_location() -> str:
@@ -79,8 +105,13 @@ def pipeline(name: str, dataset_name: str) -> dlt.Pipeline:
         pipelines_dir=str(data_dir() / ".dlt_pipelines"),
         destination=destination(),
         dataset_name=dataset_name,
-        progress="log",
+        progress=progress_collector(),
     )
+
+
+def progress_collector() -> str | None:
+    """dlt's own progress bars (rows per resource) in a terminal; nothing in logs and pipes."""
+    return "tqdm" if sys.stderr.isatty() else None
 
 
 def as_list(value: str | Sequence[str]) -> list[str]:

@@ -10,17 +10,22 @@ retry a bounded number of times; steps that fail on bad data do not.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging.handlers import PrefectConsoleHandler
+from prefect.settings import get_current_settings
 
-from loaders.settings import data_dir, pipeline
+from loaders.settings import data_dir, data_dir_or_exit, ensure_data_dir, pipeline
 from orchestration import dbt_gate
 from orchestration.concurrency import writes_to_warehouse
 from orchestration.report import export_reports, report_dir
@@ -176,6 +181,7 @@ def elt(
         stage_sample: copy the bundled vehicle sample into incoming/ (offline default run).
     """
     started = time.monotonic()
+    ensure_data_dir()
     if target:
         os.environ["ELT_TARGET"] = target
     sources = list(SOURCES) if sources is None else sources
@@ -229,9 +235,58 @@ def print_summary(outcome: dict) -> None:
     print("Docs:   make docs, then open http://127.0.0.1:8080")
 
 
-def main() -> int:
+def quiet_task_runs_on_the_console() -> None:
+    """One line per step on screen: task runs' INFO lines (one per dbt node and per state change)
+    stay in Prefect's run logs and UI; their warnings and errors still show."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("prefect.task_runs")
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(keep)
+
+
+def wait_until_task_runs_are_recorded(flow_run_id: UUID, last_task: str | None, timeout: float = 60) -> None:
+    """Prefect's server records task runs from the events a run sends, one event at a time and in
+    the order they were sent. The temporary API stops when this process exits; stopped in the
+    middle of recording an event, it cancels that write and logs `Error flushing 1 events` with a
+    traceback. So before exiting, send what is queued and wait until the task run that started last
+    (`last_task`, when known) is recorded in a final state: everything sent before it is then too."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout)
+    this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            latest = client.read_task_runs(flow_run_filter=this_run, sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=1)
+            recorded = latest and latest[0].state and latest[0].state.is_final()
+            if recorded and (last_task is None or latest[0].name.startswith(f"{last_task}-")):
+                return
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestration.flows", description="One run of the elt flow.")
+    parser.add_argument("--verbose", action="store_true", help="also show every task run (one per dbt node)")
+    args = parser.parse_args(argv)
     started = time.monotonic()
-    outcome = elt()
+    data_dir_or_exit()
+    if not args.verbose:
+        quiet_task_runs_on_the_console()
+    temporary_api = get_current_settings().api.url is None
+    state = elt(return_state=True)
+    if temporary_api:
+        last_task = summarise_run.name if state.is_completed() else None
+        wait_until_task_runs_are_recorded(state.state_details.flow_run_id, last_task)
+    if not state.is_completed():
+        print(f"error: the elt run ended {state.name}. {state.message}", file=sys.stderr)
+        return 1
+    outcome = state.result()
     print_summary(outcome)
     print(
         f"Pipeline time: {outcome['seconds']:.1f}s in the elt flow run, "

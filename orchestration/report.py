@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from loaders.settings import data_dir
+from loaders.settings import data_dir, data_dir_or_exit
 from loaders.warehouse import query
 
 REPORTS = {
@@ -44,6 +44,7 @@ def export_reports(folder: Path | None = None) -> list[Path]:
 
 
 def main() -> int:
+    data_dir_or_exit()
     for path in export_reports():
         print(f"report: {path}")
     return 0

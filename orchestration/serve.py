@@ -27,6 +27,7 @@ import urllib.request
 from prefect import serve
 from prefect.schedules import Cron
 
+from loaders.settings import data_dir_or_exit
 from orchestration.concurrency import WAREHOUSE_LIMIT, ensure_warehouse_limit
 from orchestration.flows import elt, maintenance
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-server", action="store_true", help="start a local Prefect server on 127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
     args = parser.parse_args(argv)
+    data_dir_or_exit()
     # SIGTERM ends the process through SystemExit, so the server below is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = start_local_server(args.port) if args.with_server else None

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 SPARK_DEFAULTS = {
@@ -56,6 +57,8 @@ def spark_session(app_name: str, master: str | None = None):
         builder = builder.master(master or os.environ.get("SPARK_MASTER", "local[*]"))
     for key, value in SPARK_DEFAULTS.items():
         builder = builder.config(key, value)
+    # Spark's stage progress bar in a terminal; none in logs, where it is carriage-return noise.
+    builder = builder.config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
     # Only takes effect when this process starts the JVM (not under spark-submit).
     builder = builder.config("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "2g"))
     spark = builder.getOrCreate()

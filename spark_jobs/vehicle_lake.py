@@ -25,6 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from loaders.settings import data_dir_or_exit
 from loaders.vehicles import files as lifecycle
 from loaders.vehicles.lake import (
     catalog,
@@ -249,6 +250,7 @@ def run(registry: Registry | None = None) -> list[TypeReport]:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    data_dir_or_exit()
     for report in run():
         print(
             f"vehicle_lake {report.file_type}: batch {report.batch_id}, {len(report.committed_files)} files committed "

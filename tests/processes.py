@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def start(command: list[str]) -> subprocess.Popen:
@@ -28,3 +29,17 @@ def kill_when(job: subprocess.Popen, condition: Callable[[], bool], timeout: flo
         time.sleep(0.005)
     os.killpg(job.pid, signal.SIGKILL)
     raise AssertionError("the job neither reached the kill point nor ended")
+
+
+def any_file(folder: Path, pattern: str = "*") -> Callable[[], bool]:
+    """A kill condition: some file under `folder` matches `pattern`. The job renames the folders
+    being walked (dlt moves a package from stage to stage), so one that vanishes mid-walk means
+    "not there" for this poll rather than an error."""
+
+    def found() -> bool:
+        try:
+            return next(folder.rglob(pattern), None) is not None
+        except FileNotFoundError:
+            return False
+
+    return found

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,16 +22,12 @@ from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import lay_out_as_site, real_csv_files, rows, run_dbt, tables_in
 from .iceberg_commit_faults import KILL_POINTS, REJECTED_TABLE, TABLE
-from .processes import kill_when, start
+from .processes import any_file, kill_when, start
 from .test_vehicle_lake import event_identity, summary
 from .vehicles_helpers import count_files, expected_daily_summary, good_events, lake_rows
 
 pytestmark = pytest.mark.integration
 VEHICLE_MODELS = "+path:models/marts/vehicles"
-
-
-def any_file(folder: Path, pattern: str = "*") -> Callable[[], bool]:
-    return lambda: folder.is_dir() and next(folder.rglob(pattern), None) is not None
 
 
 @pytest.fixture(scope="module")
@@ -44,25 +40,27 @@ def lake_batch(module_data_dir: Path) -> dict:
 
 
 def test_sigkill_during_the_lake_to_warehouse_load_then_rerun_loads_each_row_once(lake_batch):
+    """Three loads, each killed at the next stage of dlt's package lifecycle: each resumes the
+    package the previous one left, so every kill point is reached in turn."""
     packages = lake_batch["data_dir"] / ".dlt_pipelines" / "vehicles_lake"
+    extracted, normalized = packages / "normalize" / "extracted", packages / "load" / "normalized"
     kill_points = {
-        "extracting": any_file(packages / "normalize" / "extracted"),
-        "normalized, not loaded": any_file(packages / "load" / "normalized"),
-        "loading jobs": any_file(packages / "load" / "normalized", "started_jobs/*"),
+        "extracting": (any_file(extracted), any_file(extracted)),
+        "normalized, not loaded": (any_file(normalized), any_file(normalized)),
+        "loading jobs": (any_file(normalized, "started_jobs/*"), any_file(normalized)),
     }
-    killed = [
-        name
-        for name, condition in kill_points.items()
-        if kill_when(start([sys.executable, "-m", "loaders", "vehicles", "load"]), condition)
-    ]
-    assert killed, "no kill point was reached"
+    for name, (reached, left_behind) in kill_points.items():
+        assert kill_when(start([sys.executable, "-m", "loaders", "vehicles", "load"]), reached), (
+            f"the load ended before the kill point '{name}'"
+        )
+        assert left_behind(), f"a kill at '{name}' left no unfinished package"
     subprocess.run([sys.executable, "-m", "loaders", "vehicles", "load"], check=True, timeout=300)
 
     for table in ("vehicle_events", "vehicle_status", "vehicle_events_rejected"):
         expected = len(lake_rows(table))
         assert rows(f"select count(*) from raw_vehicles.{table}") == [(expected,)], table
         distinct = rows(f"select count(distinct source_file || ':' || source_position) from raw_vehicles.{table}")
-        assert distinct == [(expected,)], f"{table}: a row loaded twice (killed at {killed})"
+        assert distinct == [(expected,)], f"{table}: a row loaded twice"
 
 
 def test_sigkill_during_dbt_build_then_rerun_ends_with_the_right_marts(lake_batch):

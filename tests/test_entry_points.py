@@ -1,0 +1,65 @@
+"""Every entry point creates the data dir it is given, or says in one line why it cannot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loaders.settings import PROJECT_ROOT
+
+PYTHON_ENTRY_POINTS = {
+    "loaders": ["-m", "loaders", "status"],
+    "flows": ["-m", "orchestration.flows"],
+    "serve": ["-m", "orchestration.serve"],
+    "lake job": ["-m", "spark_jobs.vehicle_lake"],
+    "query": ["-m", "loaders.query", "-c", "select 1"],
+    "report": ["-m", "orchestration.report"],
+}
+
+
+def run(command: list[str], data_dir: Path) -> subprocess.CompletedProcess:
+    # PREFECT_HOME unset: make derives it from the data dir, as on a user's machine.
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_HOME"}
+    return subprocess.run(
+        command,
+        env={**env, "ELT_DATA_DIR": str(data_dir)},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("entry_point", ["loaders", "query"])
+def test_an_entry_point_creates_a_data_dir_that_does_not_exist_yet(tmp_path, target, entry_point):
+    data_dir = tmp_path / "srv" / "elt"
+    result = run([sys.executable, *PYTHON_ENTRY_POINTS[entry_point]], data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert data_dir.is_dir()
+
+
+@pytest.mark.one_target
+@pytest.mark.parametrize("entry_point", PYTHON_ENTRY_POINTS)
+def test_a_data_dir_that_cannot_be_created_is_one_line_and_exit_2(tmp_path, entry_point):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run([sys.executable, *PYTHON_ENTRY_POINTS[entry_point]], blocker / "elt")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot create the data dir {blocker / 'elt'} (ELT_DATA_DIR): Not a directory"
+    ]
+
+
+@pytest.mark.one_target
+def test_make_says_in_one_line_why_it_cannot_create_the_data_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run(["make", "--no-print-directory", "run"], blocker / "elt")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("make:")]
+    assert len(errors) == 1 and "cannot create directory" in errors[0] and str(blocker) in errors[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

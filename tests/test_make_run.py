@@ -1,0 +1,44 @@
+"""`make run` as a user runs it: consecutive runs on a data dir that does not exist yet, output
+made for a person (no traceback, no line per dbt node), each run's summary at the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from loaders.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+RUNS = 3
+
+
+def make_run(data_dir) -> subprocess.CompletedProcess:
+    # As on a user's machine: make derives PREFECT_HOME from the data dir, and the run starts
+    # its own temporary Prefect API.
+    env = {name: value for name, value in os.environ.items() if name not in ("PREFECT_HOME", "PREFECT_API_URL")}
+    return subprocess.run(
+        ["make", "--no-print-directory", "run"],
+        env={**env, "ELT_DATA_DIR": str(data_dir)},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_consecutive_make_runs_on_a_new_data_dir_print_no_traceback(tmp_path, target):
+    data_dir = tmp_path / "srv" / "elt"
+    outputs = []
+    for run in range(1, RUNS + 1):
+        result = make_run(data_dir)
+        output = result.stdout + result.stderr
+        outputs.append(output)
+        assert result.returncode == 0, f"run {run} exited {result.returncode}:\n{output[-5000:]}"
+        assert "Traceback" not in output and "Error flushing" not in output, f"run {run}:\n{output[-8000:]}"
+        # One finished line for the flow run; the task runs' (one per dbt node) stay in Prefect's logs.
+        assert output.count("Finished in state") == 1, f"run {run}:\n{output[-8000:]}"
+        assert "Rows per table" in result.stdout and "Pipeline time:" in result.stdout
+    assert data_dir.is_dir() and (data_dir / ".prefect" / "prefect.db").is_file()
+    assert "nothing new since the last published build" in outputs[-1]
