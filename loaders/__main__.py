@@ -105,6 +105,11 @@ def _registry(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
+    elif args.action == "import-from-warehouse":
+        from loaders.vehicles.registry_upgrade import OLD_TABLE, take_over_warehouse_registry
+
+        taken = take_over_warehouse_registry(registry)
+        print(f"registry: taken over from the warehouse's {OLD_TABLE}: {', '.join(taken) or 'nothing to change'}")
     else:
         item = registry.set_status(args.file_type, "active" if args.action == "activate" else "inactive")
         print(f"{item.file_type} is now {item.status}")
@@ -152,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     vehicles_cmd.set_defaults(handler=_vehicles)
 
     registry_cmd = commands.add_parser("registry", help="the vehicle file-type registry (beside the Iceberg catalog)")
-    registry_cmd.add_argument("action", choices=["list", "show", "activate", "deactivate"])
+    registry_cmd.add_argument("action", choices=["list", "show", "activate", "deactivate", "import-from-warehouse"])
     registry_cmd.add_argument("file_type", nargs="?")
     registry_cmd.set_defaults(handler=_registry)
 
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "action", "list") != "list" and not args.file_type:
+    if getattr(args, "action", "list") in ("show", "activate", "deactivate") and not args.file_type:
         parser.error(f"registry {args.action} needs a file type")
     data_dir_or_exit()
     print(f"target={target()} data_dir={data_dir()}")

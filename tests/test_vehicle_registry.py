@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -17,6 +21,7 @@ from loaders.vehicles.registry import (
     seed_file_types,
     validate_identifier,
 )
+from loaders.warehouse import connect, execute
 
 from .conftest import rows
 
@@ -165,3 +170,42 @@ def test_the_registry_lives_beside_the_iceberg_catalog_not_in_the_warehouse(targ
         assert not warehouse_path().exists()
     else:
         assert rows("select count(*) from information_schema.schemata where schema_name = 'meta'") == [(0,)]
+
+
+OLD_WAREHOUSE_REGISTRY = (
+    "create schema meta",
+    "create table meta.file_types (file_type varchar(63) primary key, table_name varchar(63) not null,"
+    " status varchar(16) not null, definition text not null, origin varchar(16) not null,"
+    " created_at timestamp not null, updated_at timestamp not null)",
+)
+
+
+def test_a_registry_kept_in_the_warehouse_by_an_earlier_version_is_taken_over(target, data_dir):
+    trips = infer_file_type("vehicles_trips", [{"vehicle_id": "ab", "started_at": "2025-11-08T14:37:12Z"}])
+    old_rows = [  # an inferred type activated by hand, and a seed type deactivated by hand
+        ("vehicles_trips", "vehicles_trips", "active", json.dumps(trips.definition()), "inferred"),
+        ("vehicles_status", "vehicle_status", "inactive", json.dumps({"fields": [{"name": "x"}]}), "seed"),
+    ]
+    with connect(read_only=False) as connection:
+        for statement in OLD_WAREHOUSE_REGISTRY:
+            execute(connection, statement)
+        for row in old_rows:
+            execute(connection, "insert into meta.file_types values (%s, %s, %s, %s, %s, now(), now())", row)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "loaders", "registry", "import-from-warehouse"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "taken over from the warehouse's meta.file_types: vehicles_status, vehicles_trips" in result.stdout
+    registry = Registry()
+    assert {item.file_type: item.status for item in registry.list()} == {
+        "vehicles_events": "active",
+        "vehicles_status": "inactive",
+        "vehicles_trips": "active",
+    }
+    assert registry.get("vehicles_trips").time_column == "started_at"
+    assert registry.get("vehicles_status").field("status").allowed[0] == "driving"  # the seed's definition
