@@ -53,7 +53,8 @@ load: setup
 	$(BIN)/python -m spark_jobs.vehicle_lake
 	$(BIN)/python -m loaders vehicles load
 
-# dbt build of what the loaded sources feed; never-loaded sources are skipped and named.
+# dbt build of what the loaded sources feed (never-loaded sources are skipped and named), in one
+# process that holds the DuckDB warehouse: waits for another writer or reader (ELT_LOCK_TIMEOUT s).
 build: setup
 	$(MAKE_DATA_DIR)
 	$(BIN)/python -m orchestration.build

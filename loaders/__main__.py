@@ -12,6 +12,7 @@ bundled sample, in live mode .dlt/config.toml; --live and --base-url ask for liv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -25,6 +26,7 @@ from loaders.settings import data_dir, data_dir_or_exit, pipeline, target
 from loaders.storage import StorageError
 from loaders.vehicles import files as vehicle_files
 from loaders.vehicles.registry import Registry, RegistryError
+from loaders.warehouse import WarehouseBusy, held_for_writing
 
 
 def _asked_mode(args: argparse.Namespace) -> str | None:
@@ -116,6 +118,11 @@ def _registry(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
+    elif args.action == "import-from-warehouse":
+        from loaders.vehicles.registry_upgrade import OLD_TABLE, take_over_warehouse_registry
+
+        taken = take_over_warehouse_registry(registry)
+        print(f"registry: taken over from the warehouse's {OLD_TABLE}: {', '.join(taken) or 'nothing to change'}")
     else:
         item = registry.set_status(args.file_type, "active" if args.action == "activate" else "inactive")
         print(f"{item.file_type} is now {item.status}")
@@ -165,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vehicles_cmd.set_defaults(handler=_vehicles)
 
-    registry_cmd = commands.add_parser("registry", help="the vehicle file-type registry (meta.file_types)")
-    registry_cmd.add_argument("action", choices=["list", "show", "activate", "deactivate"])
+    registry_cmd = commands.add_parser("registry", help="the vehicle file-type registry (beside the Iceberg catalog)")
+    registry_cmd.add_argument("action", choices=["list", "show", "activate", "deactivate", "import-from-warehouse"])
     registry_cmd.add_argument("file_type", nargs="?")
     registry_cmd.set_defaults(handler=_registry)
 
@@ -179,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "action", "list") != "list" and not args.file_type:
+    if getattr(args, "action", "list") in ("show", "activate", "deactivate") and not args.file_type:
         parser.error(f"registry {args.action} needs a file type")
     data_dir_or_exit()
     print(f"target={target()} data_dir={data_dir()}")
     try:
-        return args.handler(args)
+        with held_for_writing() if writes_to_warehouse(args) else contextlib.nullcontext():
+            return args.handler(args)
     except PipelineStepFailed as failure:
         cause = _known_cause(failure)
         if cause is None:
@@ -203,7 +211,13 @@ KNOWN_ERRORS = (
     ModeError,
     RegistryError,
     StorageError,
+    WarehouseBusy,
 )
+
+
+def writes_to_warehouse(args: argparse.Namespace) -> bool:
+    """Commands that load into the warehouse, and so wait for DuckDB's one writer slot."""
+    return args.command in ("football-csv", "football-api") or (args.command == "vehicles" and args.step == "load")
 
 
 def _known_cause(error: BaseException) -> BaseException | None:

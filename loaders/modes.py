@@ -18,8 +18,9 @@ MODES = ("sample", "live")
 MODE_VARIABLE = "ELT_MODE"
 MARKER_NAME = ".elt-mode"
 SAMPLE_SOURCES = PROJECT_ROOT / "data" / "sample" / "sources.toml"
-# What any load leaves in a data dir (dlt's state, the landing zone, the lake, the DuckDB file).
-LOAD_TRACES = (".dlt_pipelines", "landing", "lake", "warehouse.duckdb")
+# What any load of those versions left in a data dir (dlt's state, the landing zone, processed files);
+# not the lake or warehouse files, which a registry or status command creates too.
+LOAD_TRACES = (".dlt_pipelines", "landing", "processed")
 
 
 class ModeError(RuntimeError):

@@ -4,7 +4,9 @@
     python -m loaders.query -c "select * from vehicle_events limit 10"
 
 Lake tables appear by name (vehicle_events, vehicle_status, ...) as views over their current
-Iceberg snapshot; warehouse schemas (marts, staging, raw_*) are attached read-only. The iceberg
+Iceberg snapshot; warehouse schemas (marts, staging, raw_*) are attached read-only for each
+statement and detached after it, so an idle session never blocks a load (DuckDB lets no process
+write while another has the file open, even read-only). The iceberg
 and avro extensions come from the PyPI wheels duckdb-extension-iceberg/-avro, as DuckDB cannot
 download extensions here.
 """
@@ -12,17 +14,22 @@ download extensions here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 
 from loaders.settings import data_dir_or_exit, target, warehouse_path
 from loaders.vehicles.lake import NAMESPACE, catalog
+from loaders.warehouse import WarehouseBusy, when_unlocked
 
 EXTENSION_PACKAGES = ("duckdb_extension_avro", "duckdb_extension_iceberg")
-WAREHOUSE_SCHEMAS = ("marts", "intermediate", "staging", "raw_vehicles", "raw_football", "raw_football_api", "meta")
+WAREHOUSE_SCHEMAS = ("marts", "intermediate", "staging", "raw_vehicles", "raw_football", "raw_football_api")
+
+_WAREHOUSE_SCHEMAS_PRESENT = "select schema_name from duckdb_schemas() where database_name = 'warehouse'"
 
 
 def load_extensions(connection: duckdb.DuckDBPyConnection) -> None:
@@ -33,6 +40,7 @@ def load_extensions(connection: duckdb.DuckDBPyConnection) -> None:
 
 
 def open_session() -> duckdb.DuckDBPyConnection:
+    """An in-memory session with the lake's tables as views; the warehouse is not attached yet."""
     connection = duckdb.connect()
     load_extensions(connection)
     connection.execute("create schema lake")
@@ -40,20 +48,35 @@ def open_session() -> duckdb.DuckDBPyConnection:
     for _, name in lake.list_tables(NAMESPACE):
         metadata = lake.load_table(f"{NAMESPACE}.{name}").metadata_location
         connection.execute(f"create view lake.{name} as select * from iceberg_scan('{metadata}')")
-    search_path = ["memory.lake"]
-    if target() == "duckdb" and warehouse_path().exists():
-        connection.execute(f"attach '{warehouse_path()}' as warehouse (read_only)")
-        search_path += [f"warehouse.{schema}" for schema in WAREHOUSE_SCHEMAS]
-    connection.execute(f"set search_path = '{','.join(search_path)}'")
+    connection.execute("set search_path = 'memory.lake'")
     return connection
+
+
+@contextlib.contextmanager
+def warehouse_attached(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The DuckDB warehouse attached read-only for one statement (waiting, within
+    ELT_LOCK_TIMEOUT, while a writer holds it), then detached."""
+    if target() != "duckdb" or not warehouse_path().exists():
+        yield
+        return
+    when_unlocked(lambda: connection.execute(f"attach '{warehouse_path()}' as warehouse (read_only)"), warehouse_path())
+    try:
+        present = {name for (name,) in connection.execute(_WAREHOUSE_SCHEMAS_PRESENT).fetchall()}
+        search_path = ["memory.lake", *(f"warehouse.{schema}" for schema in WAREHOUSE_SCHEMAS if schema in present)]
+        connection.execute(f"set search_path = '{','.join(search_path)}'")
+        yield
+    finally:
+        connection.execute("set search_path = 'memory.lake'")
+        connection.execute("detach warehouse")
 
 
 def run_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> None:
     try:
-        relation = connection.sql(sql)
-        if relation is not None:
-            relation.show(max_rows=50)
-    except duckdb.Error as error:
+        with warehouse_attached(connection):
+            relation = connection.sql(sql)
+            if relation is not None:
+                relation.show(max_rows=50)
+    except (duckdb.Error, WarehouseBusy) as error:
         print(f"error: {error}", file=sys.stderr)
 
 

@@ -1,6 +1,7 @@
 """`make build`: dbt build of everything the loaded sources feed, straight into `marts` (the `elt`
-flow audits first). The same plan as the flow (orchestration/build_plan.py): sources never
-loaded are skipped and named, a source table dropped after loading is an error.
+flow audits first), in this process while it holds the DuckDB warehouse. The same plan as the
+flow (orchestration/build_plan.py): sources never loaded are skipped and named, a source table
+dropped after loading is an error.
 
     python -m orchestration.build [dbt build options, e.g. --select +fct_matches]
 """
@@ -11,6 +12,7 @@ import json
 import sys
 
 from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
+from loaders.warehouse import WarehouseBusy, held_for_writing
 from orchestration import build_plan
 
 PROJECT = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
@@ -18,6 +20,17 @@ VARS = json.dumps(build_plan.VARS)
 
 
 def main(argv: list[str]) -> int:
+    """dbt runs in this process while it holds the DuckDB warehouse: a separate `dbt` meeting
+    another process's lock fails at once; this waits for it (ELT_LOCK_TIMEOUT), then one line."""
+    try:
+        with held_for_writing():
+            return plan_and_build(argv)
+    except WarehouseBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def plan_and_build(argv: list[str]) -> int:
     from dbt.cli.main import dbtRunner
 
     parsed = dbtRunner().invoke(["parse", *PROJECT, "--vars", VARS, "--quiet"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def invoke(args: list[str]):
     --no-write-json."""
     from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 
+    # This process lives on after dbt: dbt-duckdb must let go of the warehouse file when the
+    # command ends, or the next run's turn could not open it (profiles.yml, keep_open).
+    os.environ["DBT_DUCKDB_KEEP_OPEN"] = "False"
     if args[0] not in ("build", "retry", "source", "parse"):
         args = [*args, "--no-write-json"]
     settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target_dir())

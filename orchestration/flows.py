@@ -31,6 +31,7 @@ from prefect.settings import get_current_settings
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.settings import data_dir, data_dir_or_exit, ensure_data_dir, pipeline
 from orchestration import build_plan, dbt_gate
+from orchestration.concurrency import writes_to_warehouse
 from orchestration.report import export_reports, report_dir
 
 SOURCES = ("football_csv", "football_api", "vehicles")
@@ -44,6 +45,7 @@ def rows_loaded(load: dlt.Pipeline) -> int:
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
+@writes_to_warehouse
 def load_football_csv(
     mode: str, seasons: list[str] | None, divisions: list[str] | None, request_delay: float = 0.0
 ) -> dict:
@@ -66,6 +68,7 @@ def load_football_csv(
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
+@writes_to_warehouse
 def load_football_api(mode: str, competitions: list[str] | None, season: int | str | None) -> dict:
     from loaders.football_api import LoadReport, football_api
 
@@ -101,6 +104,7 @@ def run_lake_job() -> list[dict]:
 
 
 @task(retries=2, retry_delay_seconds=[5, 30])
+@writes_to_warehouse
 def load_lake_to_warehouse() -> int:
     from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
 
@@ -131,6 +135,7 @@ def plan_build(reuse_parse: bool = False) -> build_plan.Skips:
 
 
 @task
+@writes_to_warehouse
 def check_source_freshness() -> dict[str, str]:
     """Stale sources are reported, not fatal: the build still runs on what is there. Tables
     never loaded are not checked; which tables the project declares comes from the last run's
@@ -145,6 +150,7 @@ def check_source_freshness() -> dict[str, str]:
     return statuses
 
 
+@writes_to_warehouse
 def build_and_gate(select: Sequence[str] | None, resume: bool, exclude: Sequence[str] = ()) -> dbt_gate.GateResult:
     """dbt build into marts_audit (or dbt retry after a failed run); raise if the gate is red."""
     # dbt retry repeats the failed build's selection: if a source loaded since then changed what
@@ -166,6 +172,7 @@ def build_and_gate(select: Sequence[str] | None, resume: bool, exclude: Sequence
 
 
 @task
+@writes_to_warehouse
 def publish(skipped_marts: Sequence[str] = ()) -> list[str]:
     """Audited marts → marts in one transaction, then the report from the published marts.
     Marts the build skipped stay as they are."""
@@ -177,6 +184,7 @@ def publish(skipped_marts: Sequence[str] = ()) -> list[str]:
 
 
 @task
+@writes_to_warehouse
 def summarise_run() -> list[dict]:
     from loaders.warehouse import query
 

@@ -12,6 +12,8 @@
 prefect.yaml declares the same deployments for a process work pool (`prefect deploy --all`).
 They run in live mode (never the bundled sample), so they need a data dir of their own or a
 live one: a data dir filled by the sample refuses them.
+Their warehouse-writing steps take turns through the global concurrency limit `elt-warehouse`
+(orchestration/concurrency.py), created here before serving.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from prefect import serve
 from prefect.schedules import Cron
 
 from loaders.settings import data_dir_or_exit
+from orchestration.concurrency import WAREHOUSE_LIMIT, ensure_warehouse_limit
 from orchestration.flows import elt, maintenance
 
 VEHICLE_MARTS = ["+path:models/marts/vehicles"]
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if server:
         print(f"Prefect UI: http://127.0.0.1:{args.port}")
     try:
+        ensure_warehouse_limit()
+        print(f"Warehouse writers take turns: global concurrency limit {WAREHOUSE_LIMIT!r} (1 slot)")
         serve(*deployments())
     finally:
         if server:

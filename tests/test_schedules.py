@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from loaders.football_api import football_api
 from loaders.settings import PROJECT_ROOT, pipeline
+from loaders.vehicles.lake import catalog, ensure_tables
+from loaders.vehicles.registry import Registry
 from loaders.warehouse import query
+from orchestration.concurrency import TURN_RELEASED, TURN_TAKEN, WAREHOUSE_LIMIT
 from orchestration.flows import backfill, elt, maintenance
 from orchestration.serve import deployments
 
-from .conftest import lay_out_api_recordings, lay_out_as_site, listens_on_loopback_only, real_csv_files
+from .conftest import (
+    lay_out_api_recordings,
+    lay_out_as_site,
+    listens_on_loopback_only,
+    real_csv_files,
+    rows,
+    sample_matches,
+)
 
 pytestmark = pytest.mark.integration
 DEPLOYMENTS = {"vehicles-hourly", "daily-summary", "football-weekly", "maintenance-daily"}
@@ -56,7 +72,10 @@ def test_scheduled_deployments_run_in_live_mode_and_never_stage_the_sample():
     assert all(set(parameters) <= accepted for parameters in loading.values())  # no stale stage_sample
 
 
-def test_served_deployments_run_on_a_real_local_server(data_dir, tmp_path):
+@contextmanager
+def served_deployments(data_dir, tmp_path):
+    """orchestration.serve --with-server on a free port, its deployments registered; the API
+    URL is set for the block, and both processes are stopped after it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), ELT_DATA_DIR=str(data_dir))
@@ -80,9 +99,7 @@ def test_served_deployments_run_on_a_real_local_server(data_dir, tmp_path):
                         names = {d.name for d in client.read_deployments()}
                 except Exception:
                     names = set()
-            assert listens_on_loopback_only(port)  # the Prefect server listens on 127.0.0.1 only
-            run = run_deployment("elt/vehicles-hourly", timeout=240)
-            assert run.state.is_completed(), run.state
+            yield port
     finally:
         os.killpg(served.pid, signal.SIGTERM)
         try:
@@ -90,8 +107,97 @@ def test_served_deployments_run_on_a_real_local_server(data_dir, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(served.pid, signal.SIGKILL)
             served.wait(timeout=30)
+
+
+def wait_for_final_states(flow_run_ids: list, timeout: float = 240) -> list:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(flow_run_id) for flow_run_id in flow_run_ids]
+            if all(run.state.is_final() for run in runs):
+                return runs
+            assert time.monotonic() < deadline, [run.state for run in runs]
+            time.sleep(1)
+
+
+def warehouse_turns(flow_run_ids: list, expected: int, timeout: float = 60) -> list[tuple]:
+    """(taken, released, seconds waited, flow run) per warehouse-writing step, from the run logs
+    the Prefect API holds; waits for the log shipping to deliver all `expected` turns."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)))
+            taken = {log.task_run_id: log for log in logs if log.message.startswith(TURN_TAKEN)}
+            released = {log.task_run_id: log for log in logs if log.message == TURN_RELEASED}
+            if len(released) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    turns = []
+    for task_run_id, log in taken.items():
+        waited = float(re.search(r"after waiting ([0-9.]+)s", log.message)[1])
+        turns.append((log.timestamp, released[task_run_id].timestamp, waited, log.flow_run_id))
+    return sorted(turns)
+
+
+def commit_lake_events(count: int) -> None:
+    """`count` vehicle events committed to the lake with pyiceberg, as one batch. The lake job's
+    own commits are tested elsewhere; here the lake only has to hold rows for vehicles-hourly."""
+    registry = Registry()
+    registry.sync_seed()
+    table, _ = ensure_tables(catalog(), registry.get("vehicles_events"))
+    start = datetime(2025, 11, 1, tzinfo=UTC)
+    events = [
+        {
+            "vehicle_id": f"{position:04x}",
+            "event_time": start + timedelta(minutes=position),
+            "event_type": "parking",
+            "source_file": "vehicles_events_20251101010000.json",
+            "source_position": position,
+            "batch_id": "20251101T010000000000Z-00000000",
+            "ingested_at": start,
+        }
+        for position in range(count)
+    ]
+    table.append(pa.Table.from_pylist(events, schema=table.schema().as_arrow()))
+
+
+def test_served_runs_triggered_together_take_turns_in_the_warehouse(data_dir, tmp_path, monkeypatch):
+    # The schedules run in live mode: the live sources here are local copies of the bundled
+    # files laid out like the sites, and `current` is 2024/25, the season those files hold.
+    site = tmp_path / "site"
+    shutil.copytree(PROJECT_ROOT / "data" / "sample" / "football_csv", site)
+    monkeypatch.setenv("SOURCES__FOOTBALL_CSV__BASE_URL", str(site))
+    monkeypatch.setenv("SOURCES__FOOTBALL_API__BASE_URL", str(lay_out_api_recordings(tmp_path / "api")))
+    monkeypatch.setenv("SOURCES__FOOTBALL_API__SEASON", "2022")  # the season the recordings hold
+    monkeypatch.setenv("ELT_TODAY", "2025-03-01")
+    commit_lake_events(40)  # so vehicles-hourly starts writing at once (no files: no Spark)
+    with served_deployments(data_dir, tmp_path) as port:
+        assert listens_on_loopback_only(port)  # the Prefect server listens on 127.0.0.1 only
+        # Both at the same instant, as at 00:00 on a Saturday (football loads only: no dbt).
+        vehicles = run_deployment("elt/vehicles-hourly", timeout=0)
+        football = run_deployment("elt/football-weekly", parameters={"build": False}, timeout=0)
+        runs = wait_for_final_states([vehicles.id, football.id])
+        assert all(run.state.is_completed() for run in runs), [run.state for run in runs]
+        turns = warehouse_turns([vehicles.id, football.id], expected=5)
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(WAREHOUSE_LIMIT).limit == 1
     with socket.socket() as probe:  # the server it started is gone
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+    # vehicles: lake→warehouse and the row summary; football: CSV, API and the row summary.
+    assert len(turns) == 5, turns
+    assert {flow_run for *_, flow_run in turns} == {vehicles.id, football.id}
+    for (_, released, *_), (taken, *_) in zip(turns, turns[1:], strict=False):
+        assert released <= taken, turns  # one writer at a time
+    assert max(run.start_time for run in runs) < min(run.end_time for run in runs)  # the runs overlapped
+    assert max(waited for _, _, waited, _ in turns) > 0.5, turns  # and one step did wait for the other
+
+    assert rows("select count(*) from raw_football.matches") == [(sample_matches(),)]
+    assert rows(
+        "select (select count(*) from raw_football_api.competitions), (select count(*) from raw_football_api.teams),"
+        " (select count(*) from raw_football_api.matches)"
+    ) == [(13, 38, 306)]
+    assert rows("select count(*), count(distinct vehicle_id) from raw_vehicles.vehicle_events") == [(40, 40)]
 
 
 def test_backfill_loads_a_season_range_and_is_idempotent(prefect_api, data_dir, tmp_path, monkeypatch):

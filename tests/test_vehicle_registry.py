@@ -1,9 +1,16 @@
-"""The vehicle file-type registry and file naming rules (real DuckDB, no Spark)."""
+"""The vehicle file-type registry (in the lake's SQL database) and file naming rules (no Spark)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
+from loaders.settings import warehouse_path
 from loaders.vehicles.files import SAMPLE_DIR, discover, file_type_of, stage_sample, state_dir
 from loaders.vehicles.registry import (
     FileType,
@@ -14,6 +21,9 @@ from loaders.vehicles.registry import (
     seed_file_types,
     validate_identifier,
 )
+from loaders.warehouse import connect, execute
+
+from .conftest import rows
 
 
 def test_the_seed_defines_events_and_status():
@@ -131,3 +141,71 @@ def test_the_bundled_sample_is_staged_once(data_dir):
     discover()
     assert stage_sample() == []  # already in processing/: not delivered again
     assert not list(state_dir("incoming").iterdir())
+
+
+def catalog_tables(target: str, data_dir) -> set[str]:
+    """Tables in the lake's SQL database, read straight from it: the SQLite file in the lake, or
+    the catalog's schema in the test's Postgres database."""
+    if target == "postgres":
+        import psycopg2
+
+        from loaders.settings import postgres_credentials
+
+        with psycopg2.connect(postgres_credentials()) as connection, connection.cursor() as cursor:
+            cursor.execute("select table_name from information_schema.tables where table_schema = 'iceberg_catalog'")
+            return {name for (name,) in cursor.fetchall()}
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(data_dir / "lake" / "catalog.db")) as connection:
+        return {name for (name,) in connection.execute("select name from sqlite_master where type = 'table'")}
+
+
+def test_the_registry_lives_beside_the_iceberg_catalog_not_in_the_warehouse(target, data_dir):
+    from loaders.vehicles.lake import catalog
+
+    catalog()
+    Registry().sync_seed()
+    assert {"file_types", "iceberg_tables"} <= catalog_tables(target, data_dir)
+    if target == "duckdb":
+        assert not warehouse_path().exists()
+    else:
+        assert rows("select count(*) from information_schema.schemata where schema_name = 'meta'") == [(0,)]
+
+
+OLD_WAREHOUSE_REGISTRY = (
+    "create schema meta",
+    "create table meta.file_types (file_type varchar(63) primary key, table_name varchar(63) not null,"
+    " status varchar(16) not null, definition text not null, origin varchar(16) not null,"
+    " created_at timestamp not null, updated_at timestamp not null)",
+)
+
+
+def test_a_registry_kept_in_the_warehouse_by_an_earlier_version_is_taken_over(target, data_dir):
+    trips = infer_file_type("vehicles_trips", [{"vehicle_id": "ab", "started_at": "2025-11-08T14:37:12Z"}])
+    old_rows = [  # an inferred type activated by hand, and a seed type deactivated by hand
+        ("vehicles_trips", "vehicles_trips", "active", json.dumps(trips.definition()), "inferred"),
+        ("vehicles_status", "vehicle_status", "inactive", json.dumps({"fields": [{"name": "x"}]}), "seed"),
+    ]
+    with connect(read_only=False) as connection:
+        for statement in OLD_WAREHOUSE_REGISTRY:
+            execute(connection, statement)
+        for row in old_rows:
+            execute(connection, "insert into meta.file_types values (%s, %s, %s, %s, %s, now(), now())", row)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "loaders", "registry", "import-from-warehouse"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "taken over from the warehouse's meta.file_types: vehicles_status, vehicles_trips" in result.stdout
+    registry = Registry()
+    assert {item.file_type: item.status for item in registry.list()} == {
+        "vehicles_events": "active",
+        "vehicles_status": "inactive",
+        "vehicles_trips": "active",
+    }
+    assert registry.get("vehicles_trips").time_column == "started_at"
+    assert registry.get("vehicles_status").field("status").allowed[0] == "driving"  # the seed's definition

@@ -32,7 +32,8 @@ from pyiceberg.types import (
 
 from loaders import storage
 from loaders.settings import data_dir
-from loaders.vehicles.registry import FileType, validate_identifier
+from loaders.vehicles.catalog_database import catalog_uri, lake_dir
+from loaders.vehicles.registry import FileType
 
 NAMESPACE = "raw_vehicles"
 BATCH_PROPERTY = "elt.batch-id"
@@ -61,20 +62,10 @@ REJECTED_FIELDS = (
 )
 
 
-def lake_dir() -> Path:
-    return data_dir() / "lake"
-
-
 def catalog() -> Catalog:
-    """ICEBERG_CATALOG_URI (a SQLAlchemy URL, e.g. postgresql+psycopg2://...) or SQLite in the lake."""
+    """The Iceberg catalog in the lake's SQL database (catalog_database.catalog_uri)."""
     warehouse = os.environ.get("ICEBERG_WAREHOUSE") or lake_dir().as_uri()
-    uri = os.environ.get("ICEBERG_CATALOG_URI")
-    if not uri:
-        lake_dir().mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{lake_dir() / 'catalog.db'}"
-    elif uri.startswith("postgresql"):
-        uri = in_own_schema(uri, os.environ.get("ICEBERG_CATALOG_SCHEMA", "iceberg_catalog"))
-    lake = SqlCatalog("lake", uri=uri, warehouse=warehouse, **object_storage_properties())
+    lake = SqlCatalog("lake", uri=catalog_uri(), warehouse=warehouse, **object_storage_properties())
     lake.create_namespace_if_not_exists(NAMESPACE)
     return lake
 
@@ -88,24 +79,6 @@ def object_storage_properties() -> dict[str, str]:
     if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
         properties["s3.region"] = region
     return properties
-
-
-def in_own_schema(uri: str, schema: str) -> str:
-    """The catalog's tables go to a schema of their own (not `public`): created if missing, and
-    first on the connection's search_path (Java's JdbcCatalog reaches it with currentSchema=)."""
-    import sqlalchemy
-
-    validate_identifier(schema, "ICEBERG_CATALOG_SCHEMA")
-    url = sqlalchemy.make_url(uri)
-    if "options" in url.query:  # the user chose the search_path (or other options) already
-        return uri
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql(f'create schema if not exists "{schema}"')
-    finally:
-        engine.dispose()
-    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
 
 
 def table_schema(file_type: FileType) -> Schema:

@@ -1,4 +1,5 @@
-"""The file-type registry, `meta.file_types` in the warehouse (DESIGN §6).
+"""The file-type registry: the table `file_types` in the lake's SQL database, beside the Iceberg
+catalog's tables (DESIGN §2, §6), so the lake side never opens the warehouse.
 
 A file type says which table its records land in, their fields (types, nullability, allowed
 values, patterns), the time column the lake is partitioned by, and whether files of the type
@@ -15,29 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 import yaml
 
-from loaders.warehouse import connect, execute
+from loaders.vehicles.catalog_database import catalog_uri
+from loaders.vehicles.identifiers import IDENTIFIER, RegistryError, validate_identifier
 
 SEED = Path(__file__).with_name("file_types.yml")
 FIELD_TYPES = ("string", "long", "double", "boolean", "timestamp", "json")
 STATUSES = ("active", "inactive")
-IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # Lake lineage columns added to every table; a registry field may not use these names.
 LINEAGE_COLUMNS = ("source_file", "source_position", "batch_id", "ingested_at")
-
-
-class RegistryError(ValueError):
-    """A registry entry or request that cannot be accepted; the message says why."""
-
-
-def validate_identifier(name: str, what: str) -> str:
-    """Names from data (file types, table and field names) reach SQL only through here."""
-    if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
-        raise RegistryError(
-            f"{what} {name!r} is not a safe identifier (lowercase letter, then letters, digits or _; max 63)"
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -112,7 +101,7 @@ class FileType:
         return self.status == "active"
 
     def definition(self) -> dict[str, Any]:
-        """Everything but the identity and status, as stored in meta.file_types.definition."""
+        """Everything but the identity and status, as stored in file_types.definition."""
         data = asdict(self)
         for key in ("file_type", "table_name", "status"):
             data.pop(key)
@@ -202,20 +191,20 @@ def infer_file_type(file_type: str, document: Any) -> FileType:
     )
 
 
-# --- meta.file_types -------------------------------------------------------------------------
+# --- file_types, in the lake's SQL database ----------------------------------------------------
 
-_DDL = (
-    "create schema if not exists meta",
-    """create table if not exists meta.file_types (
-        file_type varchar(63) primary key,
-        table_name varchar(63) not null,
-        status varchar(16) not null,
-        definition text not null,
-        origin varchar(16) not null,
-        created_at timestamp not null,
-        updated_at timestamp not null
-    )""",
-)
+# Portable DDL (SQLite and Postgres); `if not exists` because discovery and the lake job may
+# both be first. In Postgres the table lands in the catalog's schema (first on the search_path).
+_DDL = """create table if not exists file_types (
+    file_type varchar(63) primary key,
+    table_name varchar(63) not null,
+    status varchar(16) not null,
+    definition text not null,
+    origin varchar(16) not null,
+    created_at timestamp not null,
+    updated_at timestamp not null
+)"""
+_COLUMNS = "file_type, table_name, status, definition"
 
 
 def _now() -> datetime:
@@ -228,12 +217,14 @@ def _row_to_file_type(row: tuple) -> FileType:
 
 
 class Registry:
-    """meta.file_types, read and written through the warehouse connection."""
+    """`file_types` beside the Iceberg catalog, through the catalog's own SQLAlchemy URI."""
+
+    def __init__(self, engine: sqlalchemy.Engine | None = None) -> None:
+        self._engine = engine or sqlalchemy.create_engine(catalog_uri())
 
     def ensure(self) -> None:
-        with connect(read_only=False) as connection:
-            for statement in _DDL:
-                execute(connection, statement)
+        with self._engine.begin() as connection:
+            connection.exec_driver_sql(_DDL)
 
     def sync_seed(self, seed: list[FileType] | None = None) -> None:
         """Upsert the seed's definitions; a status set with activate/deactivate is kept."""
@@ -247,27 +238,23 @@ class Registry:
 
     def register(self, file_type: FileType, origin: str) -> FileType:
         self.ensure()
-        if self.find(file_type.file_type) is not None:
+        if self.find(file_type.file_type) is not None or not self._insert(file_type, origin):
             raise RegistryError(f"file type {file_type.file_type!r} is already registered")
-        self._insert(file_type, origin)
         return file_type
 
     def list(self) -> list[FileType]:
         self.ensure()
-        with connect() as connection:
-            rows = execute(
-                connection, "select file_type, table_name, status, definition from meta.file_types order by 1"
-            ).fetchall()
-        return [_row_to_file_type(row) for row in rows]
+        with self._engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.text(f"select {_COLUMNS} from file_types order by 1")).all()
+        return [_row_to_file_type(tuple(row)) for row in rows]
 
     def find(self, file_type: str) -> FileType | None:
-        with connect() as connection:
-            row = execute(
-                connection,
-                "select file_type, table_name, status, definition from meta.file_types where file_type = %s",
-                (file_type,),
-            ).fetchone()
-        return _row_to_file_type(row) if row else None
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sqlalchemy.text(f"select {_COLUMNS} from file_types where file_type = :file_type"),
+                {"file_type": file_type},
+            ).first()
+        return _row_to_file_type(tuple(row)) if row else None
 
     def get(self, file_type: str) -> FileType:
         self.ensure()
@@ -289,28 +276,40 @@ class Registry:
         self._update(updated, status=status)
         return updated
 
-    def _insert(self, file_type: FileType, origin: str) -> None:
+    def _insert(self, file_type: FileType, origin: str) -> bool:
+        """False when another process registered the type first (the first one wins)."""
         now = _now()
-        with connect(read_only=False) as connection:
-            execute(
-                connection,
-                "insert into meta.file_types values (%s, %s, %s, %s, %s, %s, %s)",
-                (
-                    file_type.file_type,
-                    file_type.table_name,
-                    file_type.status,
-                    json.dumps(file_type.definition()),
-                    origin,
-                    now,
-                    now,
+        with self._engine.begin() as connection:
+            inserted = connection.execute(
+                sqlalchemy.text(
+                    "insert into file_types values "
+                    "(:file_type, :table_name, :status, :definition, :origin, :created_at, :updated_at) "
+                    "on conflict (file_type) do nothing"
                 ),
+                {
+                    "file_type": file_type.file_type,
+                    "table_name": file_type.table_name,
+                    "status": file_type.status,
+                    "definition": json.dumps(file_type.definition()),
+                    "origin": origin,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
+        return inserted.rowcount == 1
 
     def _update(self, file_type: FileType, status: str) -> None:
-        with connect(read_only=False) as connection:
-            execute(
-                connection,
-                "update meta.file_types set table_name = %s, status = %s, definition = %s, updated_at = %s "
-                "where file_type = %s",
-                (file_type.table_name, status, json.dumps(file_type.definition()), _now(), file_type.file_type),
+        with self._engine.begin() as connection:
+            connection.execute(
+                sqlalchemy.text(
+                    "update file_types set table_name = :table_name, status = :status, "
+                    "definition = :definition, updated_at = :updated_at where file_type = :file_type"
+                ),
+                {
+                    "table_name": file_type.table_name,
+                    "status": status,
+                    "definition": json.dumps(file_type.definition()),
+                    "updated_at": _now(),
+                    "file_type": file_type.file_type,
+                },
             )
