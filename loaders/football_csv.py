@@ -459,7 +459,12 @@ def row_warnings(parsed: ParsedFile) -> Iterator[list[dict]]:
     yield parsed.warnings
 
 
-@dlt.transformer(write_disposition="merge", primary_key=("season", "division"))
+@dlt.transformer(
+    write_disposition="merge",
+    primary_key=("season", "division"),
+    # Validators a local or mirrored file does not have: typed, so the columns exist when null.
+    columns={"etag": {"data_type": "text"}, "last_modified": {"data_type": "text"}},
+)
 def source_files(parsed: ParsedFile) -> Iterator[dict]:
     """The ledger: the current version of each season file and what became of its rows."""
     yield {

@@ -110,8 +110,8 @@ def pipeline(name: str, dataset_name: str) -> dlt.Pipeline:
 
 
 def progress_collector() -> str | None:
-    """dlt's own progress bars (rows per resource) in a terminal; nothing in logs and pipes."""
-    return "tqdm" if sys.stderr.isatty() else None
+    """dlt's own progress lines (items per resource, rate, memory) in a terminal; none in pipes and logs."""
+    return "log" if sys.stderr.isatty() else None
 
 
 def as_list(value: str | Sequence[str]) -> list[str]:

@@ -63,3 +63,37 @@ def test_make_says_in_one_line_why_it_cannot_create_the_data_dir(tmp_path):
     errors = [line for line in result.stderr.splitlines() if not line.startswith("make:")]
     assert len(errors) == 1 and "cannot create directory" in errors[0] and str(blocker) in errors[0], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def output_in_a_terminal(command: list[str], data_dir: Path) -> str:
+    """What a command writes when its stdout and stderr are a terminal (a pseudo-terminal here)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        command, env={**os.environ, "ELT_DATA_DIR": str(data_dir)}, cwd=PROJECT_ROOT, stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the command ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=300)
+    os.close(controller)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.one_target
+def test_loads_show_dlt_progress_in_a_terminal_and_none_in_a_pipe(tmp_path):
+    command = [sys.executable, "-m", "loaders", "football-csv", "--divisions", "E0"]
+    in_terminal = output_in_a_terminal(command, tmp_path / "terminal")
+    assert "football_csv: 1/1 files, 2425/E0 loaded" in in_terminal
+    assert "Extract football_csv" in in_terminal and "matches: 261" in in_terminal, in_terminal  # dlt's collector
+    piped = run(command, tmp_path / "pipe")
+    assert piped.returncode == 0 and "football_csv: 1/1 files, 2425/E0 loaded" in piped.stderr
+    assert "Extract football_csv" not in piped.stdout + piped.stderr and "Rate:" not in piped.stdout + piped.stderr
