@@ -18,9 +18,9 @@ MODES = ("sample", "live")
 MODE_VARIABLE = "ELT_MODE"
 MARKER_NAME = ".elt-mode"
 SAMPLE_SOURCES = PROJECT_ROOT / "data" / "sample" / "sources.toml"
-# What any load of those versions left in a data dir (dlt's state, the landing zone, processed files);
-# not the lake or warehouse files, which a registry or status command creates too.
-LOAD_TRACES = (".dlt_pipelines", "landing", "processed")
+# Before the marker existed, every `make run` and `make load` copied these into incoming/.
+SAMPLE_VEHICLE_FILES = PROJECT_ROOT / "data" / "sample" / "vehicles"
+LIFECYCLE_STATES = ("incoming", "pending", "processing", "processed", "failed")
 
 
 class ModeError(RuntimeError):
@@ -38,9 +38,13 @@ def remembered_mode(root: Path | None = None) -> str | None:
 
 
 def filled_before_modes(root: Path | None = None) -> bool:
-    """Loaded into, but by a version that kept no marker: every run of those staged the sample."""
+    """No marker, but the bundled sample's vehicle files went through the data dir: it was
+    filled by a version that staged the sample on every run and kept no marker."""
     root = root or data_dir()
-    return not marker_path(root).exists() and any((root / name).exists() for name in LOAD_TRACES)
+    if marker_path(root).exists():
+        return False
+    sample_names = {path.name for path in SAMPLE_VEHICLE_FILES.glob("*.json")}
+    return any(path.name in sample_names for state in LIFECYCLE_STATES for path in (root / state).glob("*/*.json"))
 
 
 def requested_mode(explicit: str | None = None) -> str | None:
@@ -60,7 +64,7 @@ def run_mode(explicit: str | None = None) -> str:
     mode = requested_mode(explicit) or remembered or "sample"
     if remembered is None and mode == "live" and filled_before_modes():
         raise ModeError(
-            f"data dir {data_dir()} was loaded before run modes were recorded, so it may hold the bundled sample; "
+            f"data dir {data_dir()} holds the bundled sample's files from before run modes were recorded; "
             f"use another ELT_DATA_DIR for live data, `make reset` to empty it, or write 'live' into "
             f"{marker_path()} if it holds live data only"
         )

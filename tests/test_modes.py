@@ -154,10 +154,12 @@ def test_a_live_data_dir_keeps_its_mode_and_refuses_the_sample(data_dir, site, i
 
 
 def test_a_data_dir_loaded_before_modes_existed_is_not_taken_for_live(data_dir, in_process):
-    """Before the marker existed every run staged the sample: such a data dir may hold it."""
-    (data_dir / ".dlt_pipelines").mkdir()
+    """Before the marker existed every run staged the sample's vehicle files: such a data dir holds them."""
+    processed = data_dir / "processed" / "vehicles_events"
+    processed.mkdir(parents=True)
+    shutil.copy(next(SAMPLE_DIR.glob("vehicles_events_*.json")), processed)
     code, error = in_process("vehicles", "discover", ELT_MODE="live")
-    assert code == 2 and error.startswith(f"error: data dir {data_dir} was loaded before run modes were recorded")
+    assert code == 2 and error.startswith(f"error: data dir {data_dir} holds the bundled sample's files from before")
     assert not (data_dir / ".elt-mode").exists() and not (data_dir / "incoming").exists()
     (data_dir / ".elt-mode").write_text("live\n")  # what the message offers when it holds live data only
     assert in_process("vehicles", "discover", ELT_MODE="live")[0] == 0
