@@ -161,6 +161,8 @@ def commit_lake_events(count: int) -> None:
     table.append(pa.Table.from_pylist(events, schema=table.schema().as_arrow()))
 
 
+# One target: the turns are Prefect's global concurrency limit, the same whatever the warehouse.
+@pytest.mark.one_target
 def test_served_runs_triggered_together_take_turns_in_the_warehouse(data_dir, tmp_path, monkeypatch):
     # The schedules run in live mode: the live sources here are local copies of the bundled
     # files laid out like the sites, and `current` is 2024/25, the season those files hold.
