@@ -116,16 +116,18 @@ def assert_built_and_tested(source: str, schema: str, target_path: Path, data_di
 
 @pytest.mark.parametrize("source", ["football_csv", "football_api", "vehicles"])
 def test_a_source_loaded_alone_builds_and_tests_its_marts_and_names_the_skipped_sources(
-    prefect_api, source, data_dir, tmp_path, monkeypatch, capsys
+    prefect_api, source, target, data_dir, tmp_path, monkeypatch, capsys
 ):
     options = load_alone(source, data_dir, tmp_path, monkeypatch)
 
     # make build: exit 0, the marts of what is loaded built and tested, one line per skipped source.
-    build_target = data_dir / "make_build_target"
-    env = {"ELT_DATA_DIR": str(data_dir), "DBT_TARGET_PATH": str(build_target), "DBT_LOG_PATH": str(tmp_path)}
-    made = cli("make", "--no-print-directory", "build", env=env)
-    assert_names_the_skipped([line for line in made.stdout.splitlines() if line.startswith("skipped ")], source)
-    assert_built_and_tested(source, "marts", build_target, data_dir)
+    # (DuckDB only, for the suite's time: the plan is the flow's, which runs on both targets below.)
+    if target == "duckdb":
+        build_target = data_dir / "make_build_target"
+        env = {"ELT_DATA_DIR": str(data_dir), "DBT_TARGET_PATH": str(build_target), "DBT_LOG_PATH": str(tmp_path)}
+        made = cli("make", "--no-print-directory", "build", env=env)
+        assert_names_the_skipped([line for line in made.stdout.splitlines() if line.startswith("skipped ")], source)
+        assert_built_and_tested(source, "marts", build_target, data_dir)
 
     # The flow on the same data dir: completed, the same marts audited and published, same lines.
     outcome = elt(sources=[source], **options)

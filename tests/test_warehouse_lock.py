@@ -25,6 +25,7 @@ from loaders.warehouse import held_for_writing
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows, sample_matches, tables_in
+from .test_entry_points import MAKES_OWN_LINE
 from .vehicles_helpers import lake_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_target]
@@ -140,7 +141,7 @@ def test_make_build_waits_for_the_lock_then_fails_with_one_line(data_dir):
         assert holder.poll() is None  # held throughout
     assert build.returncode != 0 and "Traceback" not in build.stderr
     assert f"waiting for the warehouse {warehouse_path()}: PID {holder.pid} (" in build.stderr  # while it waits
-    last = [line for line in build.stderr.splitlines() if not line.startswith("make:")][-1]
+    last = [line for line in build.stderr.splitlines() if not MAKES_OWN_LINE.match(line)][-1]
     assert last.startswith(f"error: the warehouse {warehouse_path()} is locked by PID {holder.pid} ("), last
     assert last.endswith("gave up after 2s (ELT_LOCK_TIMEOUT)"), last
     assert not tables_in("marts")
