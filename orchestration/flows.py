@@ -332,8 +332,8 @@ def resolved_seasons(outcome: dict) -> str | None:
 
 def print_summary(outcome: dict) -> None:
     print(f"\nMode: {outcome['mode']} (data dir {outcome['data_dir']})")
-    if resolved_seasons(outcome):
-        print(f"Seasons: {resolved_seasons(outcome)}")
+    if seasons := resolved_seasons(outcome):
+        print(f"Seasons: {seasons}")
     print("\nRows per table")
     for row in outcome["tables"]:
         print(f"  {row['table']:<52} {row['rows']:>9}")
@@ -347,7 +347,7 @@ def print_summary(outcome: dict) -> None:
     if outcome.get("gate_skipped"):
         print("dbt: nothing new since the last published build (same data, same project): gate and publish skipped")
     if "tests" in outcome:
-        print("dbt: " + ", ".join(f"{count} {status}" for status, count in sorted(outcome["tests"].items())))
+        print(f"dbt: {describe_counts(outcome['tests'])}")
     print(f"Report: {report_dir()}")
     print("Docs:   make docs, then open http://127.0.0.1:8080")
 
