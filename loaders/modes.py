@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from loaders.settings import PROJECT_ROOT, data_dir, project_path
+from loaders.vehicles.files import SAMPLE_DIR, STATES
 
 MODES = ("sample", "live")
 MODE_VARIABLE = "ELT_MODE"
 MARKER_NAME = ".elt-mode"
 SAMPLE_SOURCES = PROJECT_ROOT / "data" / "sample" / "sources.toml"
-# Before the marker existed, every `make run` and `make load` copied these into incoming/.
-SAMPLE_VEHICLE_FILES = PROJECT_ROOT / "data" / "sample" / "vehicles"
-LIFECYCLE_STATES = ("incoming", "pending", "processing", "processed", "failed")
 
 
 class ModeError(RuntimeError):
@@ -43,8 +41,9 @@ def filled_before_modes(root: Path | None = None) -> bool:
     root = root or data_dir()
     if marker_path(root).exists():
         return False
-    sample_names = {path.name for path in SAMPLE_VEHICLE_FILES.glob("*.json")}
-    return any(path.name in sample_names for state in LIFECYCLE_STATES for path in (root / state).glob("*/*.json"))
+    # Before the marker existed, every `make run` and `make load` copied these into incoming/.
+    sample_names = {path.name for path in SAMPLE_DIR.glob("*.json")}
+    return any(path.name in sample_names for state in STATES for path in (root / state).glob("*/*.json"))
 
 
 def requested_mode(explicit: str | None = None) -> str | None:
