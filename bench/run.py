@@ -34,7 +34,7 @@ from pathlib import Path
 
 import psutil
 
-from loaders.settings import PROJECT_ROOT, postgres_credentials
+from core.settings import PROJECT_ROOT, postgres_credentials
 from loaders.vehicles.generate import START, generate
 
 BENCH_DIR = PROJECT_ROOT / "bench"
@@ -47,7 +47,7 @@ SPARK_START = "from spark_jobs.session import spark_session; spark_session('benc
 # The job's first stage alone (read the files, parse with the registry schema, one row per
 # record) and a count: what Spark needs at least before validating and writing anything.
 SPARK_PARSE = (
-    "import sys; from pathlib import Path; from loaders.vehicles.registry import Registry;"
+    "import sys; from pathlib import Path; from lake.registry import Registry;"
     " from spark_jobs.session import spark_session; from spark_jobs.vehicle_lake import _parse_files;"
     " spark = spark_session('bench'); registry = Registry();"
     " print(sum(_parse_files(spark, registry.get(t), sorted(Path(sys.argv[1]).glob(t + '_*.json'))).count()"
@@ -94,7 +94,7 @@ def _tree_rss(root: psutil.Process) -> int:
 
 
 WAREHOUSE_ROWS = (
-    "from loaders.warehouse import query; print(query('select (select count(*) from raw_vehicles.vehicle_events)"
+    "from core.warehouse import query; print(query('select (select count(*) from raw_vehicles.vehicle_events)"
     " + (select count(*) from raw_vehicles.vehicle_status)')[1][0][0])"
 )
 

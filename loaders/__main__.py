@@ -19,14 +19,15 @@ import sys
 
 from dlt.pipeline.exceptions import PipelineStepFailed
 
+from core.settings import data_dir, data_dir_or_exit, target
+from core.storage import StorageError
+from core.warehouse import WarehouseBusy, held_for_writing
+from lake import files as vehicle_files
+from lake.registry import Registry, RegistryError
 from loaders import football_api, football_csv
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
+from loaders.pipelines import pipeline
 from loaders.seasons import SeasonError, resolve_season_range
-from loaders.settings import data_dir, data_dir_or_exit, pipeline, target
-from loaders.storage import StorageError
-from loaders.vehicles import files as vehicle_files
-from loaders.vehicles.registry import Registry, RegistryError
-from loaders.warehouse import WarehouseBusy, held_for_writing
 
 
 def _asked_mode(args: argparse.Namespace) -> str | None:
@@ -119,7 +120,7 @@ def _registry(args: argparse.Namespace) -> int:
             )
         )
     elif args.action == "import-from-warehouse":
-        from loaders.vehicles.registry_upgrade import OLD_TABLE, take_over_warehouse_registry
+        from lake.registry_upgrade import OLD_TABLE, take_over_warehouse_registry
 
         taken = take_over_warehouse_registry(registry)
         print(f"registry: taken over from the warehouse's {OLD_TABLE}: {', '.join(taken) or 'nothing to change'}")

@@ -22,10 +22,10 @@ import dlt
 from dlt.sources.helpers.requests import Client
 from requests import RequestException, Response
 
+from core.settings import as_list, project_path
 from loaders.http import FileAdapter, Throttle
 from loaders.landing import archive, sha256_hex
 from loaders.seasons import resolve_start_year
-from loaders.settings import as_list, project_path
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from urllib.parse import urlparse
 import dlt
 from dlt.sources.helpers import requests
 
+from core.settings import DBT_PROJECT_DIR, as_list, project_path
 from loaders.landing import archive, sha256_hex
 from loaders.seasons import Season, parse_season, resolve_season_codes
-from loaders.settings import DBT_PROJECT_DIR, as_list, project_path
 
 log = logging.getLogger(__name__)
 

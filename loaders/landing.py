@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 
-from loaders import storage
-from loaders.settings import landing_location
+from core import storage
+from core.settings import landing_location
 
 
 def sha256_hex(raw: bytes) -> str:

@@ -12,8 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from loaders.settings import PROJECT_ROOT, data_dir, project_path
-from loaders.vehicles.files import SAMPLE_DIR, STATES
+from core.settings import PROJECT_ROOT, data_dir, project_path
+from lake.files import SAMPLE_DIR, STATES
 
 MODES = ("sample", "live")
 MODE_VARIABLE = "ELT_MODE"

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import duckdb
 
-from loaders.settings import data_dir_or_exit, target, warehouse_path
-from loaders.vehicles.lake import NAMESPACE, catalog
-from loaders.warehouse import WarehouseBusy, when_unlocked
+from core.settings import data_dir_or_exit, target, warehouse_path
+from core.warehouse import WarehouseBusy, when_unlocked
+from lake.catalog import NAMESPACE, catalog
 
 EXTENSION_PACKAGES = ("duckdb_extension_avro", "duckdb_extension_iceberg")
 WAREHOUSE_SCHEMAS = ("marts", "intermediate", "staging", "raw_vehicles", "raw_football", "raw_football_api")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from loaders.settings import as_list
+from core.settings import as_list
 
 FIRST_MONTH_AND_DAY = (7, 1)  # a new season starts on 1 July
 RELATIVE_SEASONS = {"current": 0, "previous": -1}

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.settings import DBT_PROJECT_DIR, data_dir, target, warehouse_path
+from core.warehouse import query
+from lake.files import STATES
 from loaders.modes import describe_mode
-from loaders.settings import DBT_PROJECT_DIR, data_dir, target, warehouse_path
-from loaders.vehicles.files import STATES
-from loaders.warehouse import query
 
 RAW_SCHEMA_PATTERN = "raw\\_%"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
-from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
-from loaders.warehouse import WarehouseBusy, held_for_writing
+from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
+from core.warehouse import WarehouseBusy, held_for_writing
 from orchestration import build_plan
 
 PROJECT = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]

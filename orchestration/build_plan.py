@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-from loaders.warehouse import query
+from core.warehouse import query
 
 # dbt vars of every planned build: missing source tables, checked here to be never loaded, are
 # read as empty stand-ins where a built model needs them.

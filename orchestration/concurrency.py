@@ -2,7 +2,7 @@
 
 A turn is one slot of the Prefect global concurrency limit `elt-warehouse` (limit 1), which the
 Prefect server enforces: a scheduled run whose writing step finds the slot taken waits for it,
-then completes. Inside its turn a step also holds the DuckDB file (loaders.warehouse), so
+then completes. Inside its turn a step also holds the DuckDB file (core.warehouse), so
 writers outside Prefect (the CLI, make build) and readers wait for it, and it for them.
 The slot is leased and renewed while the step runs, so a long dbt build keeps it, and a killed
 run's slot comes back when its lease (LEASE_SECONDS) expires. Postgres needs no turns for its
@@ -22,7 +22,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 
-from loaders.warehouse import held_for_writing
+from core.warehouse import held_for_writing
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
-from loaders.warehouse import query
+from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
+from core.warehouse import query
 from orchestration.build_plan import VARS
 
 log = logging.getLogger(__name__)

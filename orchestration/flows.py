@@ -28,8 +28,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import get_current_settings
 
+from core.settings import data_dir, data_dir_or_exit, ensure_data_dir
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
-from loaders.settings import data_dir, data_dir_or_exit, ensure_data_dir, pipeline
+from loaders.pipelines import pipeline
 from orchestration import build_plan, dbt_gate
 from orchestration.concurrency import writes_to_warehouse
 from orchestration.report import export_reports, report_dir
@@ -83,7 +84,7 @@ def load_football_api(mode: str, competitions: list[str] | None, season: int | s
 def discover_vehicle_files(mode: str) -> dict:
     """In sample mode the bundled vehicle files are delivered first; in live mode only what
     arrived in incoming/ is discovered."""
-    from loaders.vehicles import files
+    from lake import files
 
     staged = files.stage_sample() if mode == "sample" else []
     report = files.discover()
@@ -186,7 +187,7 @@ def publish(skipped_marts: Sequence[str] = ()) -> list[str]:
 @task
 @writes_to_warehouse
 def summarise_run() -> list[dict]:
-    from loaders.warehouse import query
+    from core.warehouse import query
 
     _, tables = query(
         "select table_schema, table_name from information_schema.tables "

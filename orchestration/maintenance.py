@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 from pyiceberg.table import Table
 
-from loaders import storage
-from loaders.settings import landing_location
-from loaders.vehicles.lake import NAMESPACE, catalog
+from core import storage
+from core.settings import landing_location
+from lake.catalog import NAMESPACE, catalog
 
 
 def lake_tables() -> list[Table]:

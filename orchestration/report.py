@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from loaders.settings import data_dir, data_dir_or_exit
-from loaders.warehouse import query
+from core.settings import data_dir, data_dir_or_exit
+from core.warehouse import query
 
 REPORTS = {  # file -> (mart, order)
     "teams_per_competition.csv": ("rpt_teams_per_competition", "season, competition_code"),

@@ -29,7 +29,7 @@ import urllib.request
 from prefect import serve
 from prefect.schedules import Cron
 
-from loaders.settings import data_dir_or_exit
+from core.settings import data_dir_or_exit
 from orchestration.concurrency import WAREHOUSE_LIMIT, ensure_warehouse_limit
 from orchestration.flows import elt, maintenance
 

@@ -25,10 +25,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loaders.settings import data_dir_or_exit
-from loaders.vehicles import files as lifecycle
-from loaders.vehicles.lake import (
-    catalog,
+from core.settings import data_dir_or_exit
+from lake import files as lifecycle
+from lake.catalog import catalog
+from lake.registry import Field, FileType, Registry
+from spark_jobs.lake_commit import (
     commit_batch,
     committed_files,
     ensure_tables,
@@ -36,7 +37,6 @@ from loaders.vehicles.lake import (
     publish_spark_output,
     spark_output,
 )
-from loaders.vehicles.registry import Field, FileType, Registry
 from spark_jobs.session import spark_session
 
 log = logging.getLogger("spark_jobs.vehicle_lake")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, PROJECT_ROOT, TARGETS, postgres_credentials
+from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, PROJECT_ROOT, TARGETS, postgres_credentials
 
 REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 QUIET_TOOLS = {
@@ -213,14 +213,14 @@ def prefect_api() -> Iterator[None]:
 
 def rows(sql: str, params=()) -> list[tuple]:
     """Rows of one query on the current target's warehouse (portable SQL only)."""
-    from loaders.warehouse import query
+    from core.warehouse import query
 
     return query(sql, params)[1]
 
 
 def tables_in(schema: str) -> set[str]:
     """Table names in a warehouse schema; empty when nothing was ever loaded there."""
-    from loaders.settings import target, warehouse_path
+    from core.settings import target, warehouse_path
 
     if target() == "duckdb" and not warehouse_path().exists():
         return set()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from loaders.vehicles.files import UNRECOGNISED, discover, state_dir
+from lake.files import UNRECOGNISED, discover, state_dir
+from lake.registry import Registry
 from loaders.vehicles.generate import generate
-from loaders.vehicles.registry import Registry
 
 from .conftest import lay_out_as_site, real_csv_files, rows
 

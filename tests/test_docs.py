@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
+from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
 
 from .conftest import QUIET_TOOLS, listens_on_loopback_only, run_dbt
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 # make's own report of a failed recipe: `make: ***` or, under another make (make test), `make[1]: ***`.
 MAKES_OWN_LINE = re.compile(r"make(\[\d+\])?: ")

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from loaders.vehicles.files import discover, state_dir
+from lake.catalog import NAMESPACE, catalog
+from lake.files import discover, state_dir
 from loaders.vehicles.generate import generate
-from loaders.vehicles.lake import NAMESPACE, catalog, committed_files
+from spark_jobs.lake_commit import committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import lay_out_as_site, real_csv_files, rows, run_dbt, tables_in

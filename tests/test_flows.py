@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from prefect.artifacts import Artifact
 
+from core.warehouse import query
+from lake.files import STATES
 from loaders.modes import ModeError
-from loaders.vehicles.files import STATES
-from loaders.warehouse import query
 from orchestration import dbt_gate
 from orchestration.flows import elt, print_summary
 

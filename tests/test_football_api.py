@@ -15,7 +15,7 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders.football_api import ApiClient, FootballApiError, RetryPolicy, football_api, resolve_competitions
 from loaders.http import Throttle, file_for_url
-from loaders.settings import pipeline
+from loaders.pipelines import pipeline
 
 from .api_replay import TOKEN, Fault, recorded_routes
 from .conftest import real_data, rows, tables_in

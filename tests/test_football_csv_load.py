@@ -16,7 +16,7 @@ import pytest
 
 from loaders.football_api import football_api
 from loaders.football_csv import FootballCsvError, LoadReport, football_csv
-from loaders.settings import pipeline
+from loaders.pipelines import pipeline
 from orchestration.report import export_reports
 
 from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows, run_dbt, season_and_division

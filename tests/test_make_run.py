@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from loaders.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 # What it tests (Prefect's temporary API, the console, the data dir) does not depend on the
 # warehouse; a Postgres data dir's creation is in test_entry_points.py.

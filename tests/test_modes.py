@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders.vehicles.files import SAMPLE_DIR, STATES
+from lake.files import SAMPLE_DIR, STATES
 
 from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from loaders.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
+from core.warehouse import connect, execute
 from loaders.vehicles.generate import generate
-from loaders.warehouse import connect, execute
 from orchestration import build
 from orchestration.build_plan import SourcesVanished
 from orchestration.flows import elt

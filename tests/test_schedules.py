@@ -21,14 +21,16 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from core.settings import PROJECT_ROOT
+from core.warehouse import query
+from lake.catalog import catalog
+from lake.registry import Registry
 from loaders.football_api import football_api
-from loaders.settings import PROJECT_ROOT, pipeline
-from loaders.vehicles.lake import catalog, ensure_tables
-from loaders.vehicles.registry import Registry
-from loaders.warehouse import query
+from loaders.pipelines import pipeline
 from orchestration.concurrency import TURN_RELEASED, TURN_TAKEN, WAREHOUSE_LIMIT
 from orchestration.flows import backfill, elt, maintenance
 from orchestration.serve import deployments
+from spark_jobs.lake_commit import ensure_tables
 
 from .conftest import (
     lay_out_api_recordings,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders.vehicles.files import discover, state_dir
+from lake.files import discover, state_dir
 from loaders.vehicles.generate import generate
 from spark_jobs.session import java_home
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from loaders.vehicles.files import discover, stage_sample
+from lake.files import discover, stage_sample
 
 from .conftest import run_dbt
 

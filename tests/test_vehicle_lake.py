@@ -14,13 +14,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from lake.catalog import NAMESPACE, catalog
+from lake.files import discover, state_dir
+from lake.registry import Registry
+from loaders.pipelines import pipeline
 from loaders.query import load_extensions
-from loaders.settings import pipeline
-from loaders.vehicles.files import discover, state_dir
 from loaders.vehicles.generate import generate
-from loaders.vehicles.lake import NAMESPACE, catalog, committed_files
-from loaders.vehicles.registry import Registry
 from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+from spark_jobs.lake_commit import committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows, run_dbt

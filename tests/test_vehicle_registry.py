@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from loaders.settings import warehouse_path
-from loaders.vehicles.files import SAMPLE_DIR, discover, file_type_of, stage_sample, state_dir
-from loaders.vehicles.registry import (
+from core.settings import warehouse_path
+from core.warehouse import connect, execute
+from lake.files import SAMPLE_DIR, discover, file_type_of, stage_sample, state_dir
+from lake.registry import (
     FileType,
     Registry,
     RegistryError,
@@ -21,7 +22,6 @@ from loaders.vehicles.registry import (
     seed_file_types,
     validate_identifier,
 )
-from loaders.warehouse import connect, execute
 
 from .conftest import rows
 
@@ -149,7 +149,7 @@ def catalog_tables(target: str, data_dir) -> set[str]:
     if target == "postgres":
         import psycopg2
 
-        from loaders.settings import postgres_credentials
+        from core.settings import postgres_credentials
 
         with psycopg2.connect(postgres_credentials()) as connection, connection.cursor() as cursor:
             cursor.execute("select table_name from information_schema.tables where table_schema = 'iceberg_catalog'")
@@ -161,7 +161,7 @@ def catalog_tables(target: str, data_dir) -> set[str]:
 
 
 def test_the_registry_lives_beside_the_iceberg_catalog_not_in_the_warehouse(target, data_dir):
-    from loaders.vehicles.lake import catalog
+    from lake.catalog import catalog
 
     catalog()
     Registry().sync_seed()

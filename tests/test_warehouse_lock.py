@@ -18,10 +18,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders.settings import PROJECT_ROOT, warehouse_path
-from loaders.vehicles.files import discover, state_dir
+from core.settings import PROJECT_ROOT, warehouse_path
+from core.warehouse import held_for_writing
+from lake.files import discover, state_dir
 from loaders.vehicles.generate import START, generate
-from loaders.warehouse import held_for_writing
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows, sample_matches, tables_in
@@ -150,7 +150,7 @@ def test_make_build_waits_for_the_lock_then_fails_with_one_line(data_dir):
 def load_sample_division(division: str) -> None:
     from loaders.football_csv import football_csv
     from loaders.modes import source_options
-    from loaders.settings import pipeline
+    from loaders.pipelines import pipeline
 
     pipeline("football_csv", "raw_football").run(
         football_csv(**source_options("football_csv", "sample", divisions=[division]))

@@ -8,8 +8,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loaders.vehicles.lake import NAMESPACE, catalog
-from loaders.warehouse import query
+from core.warehouse import query
+from lake.catalog import NAMESPACE, catalog
 
 HEX = re.compile(r"[0-9a-fA-F]+")
 

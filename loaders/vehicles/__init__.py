@@ -1,1 +1,1 @@
-"""Vehicle telemetry: registry, file lifecycle, generator, Iceberg lake and lake→warehouse load."""
+"""Vehicle telemetry loaders: the generator and the lake→warehouse dlt resource."""

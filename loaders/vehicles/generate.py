@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from loaders.vehicles.files import state_dir
+from lake.files import state_dir
 
 EVENT_TYPES = (
     "start_drive",

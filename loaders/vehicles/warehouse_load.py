@@ -16,7 +16,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, GreaterThan
 
-from loaders.vehicles.lake import NAMESPACE, catalog, identifier
+from lake.catalog import NAMESPACE, catalog, identifier
 
 DATASET = "raw_vehicles"
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loaders.settings import postgres_credentials, target, warehouse_path
+from core.settings import postgres_credentials, target, warehouse_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from loaders.settings import target, warehouse_path
-from loaders.vehicles.registry import FileType, Registry
-from loaders.warehouse import query
+from core.settings import target, warehouse_path
+from core.warehouse import query
+from lake.registry import FileType, Registry
 
 OLD_TABLE = "meta.file_types"
 

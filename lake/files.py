@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loaders.settings import PROJECT_ROOT, data_dir
-from loaders.vehicles.registry import IDENTIFIER, Registry, RegistryError, infer_file_type
+from core.settings import PROJECT_ROOT, data_dir
+from lake.registry import IDENTIFIER, Registry, RegistryError, infer_file_type
 
 log = logging.getLogger(__name__)
 

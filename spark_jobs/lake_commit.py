@@ -1,5 +1,5 @@
-"""The Iceberg lake: a pyiceberg SqlCatalog (SQLite file by default, Postgres in server mode)
-holding `raw_vehicles.<table>` partitioned by day(<time column>) and `<table>_rejected`.
+"""The lake job's write path: table schemas from the registry, Parquet output (staged when the
+lake is on object storage) and one atomic Iceberg commit per batch, with pyiceberg.
 
 The commit ledger lives in the snapshots themselves: every batch commits with the summary
 properties `elt.batch-id` and `elt.source-files`, so "is this file committed?" is answered by
@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pyarrow.fs import FileSelector, FileSystem
 from pyiceberg.catalog import Catalog
-from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -30,12 +29,11 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from loaders import storage
-from loaders.settings import data_dir
-from loaders.vehicles.catalog_database import catalog_uri, lake_dir
-from loaders.vehicles.registry import FileType
+from core import storage
+from core.settings import data_dir
+from lake.catalog import identifier
+from lake.registry import FileType
 
-NAMESPACE = "raw_vehicles"
 BATCH_PROPERTY = "elt.batch-id"
 FILES_PROPERTY = "elt.source-files"
 ICEBERG_TYPES = {
@@ -62,25 +60,6 @@ REJECTED_FIELDS = (
 )
 
 
-def catalog() -> Catalog:
-    """The Iceberg catalog in the lake's SQL database (catalog_database.catalog_uri)."""
-    warehouse = os.environ.get("ICEBERG_WAREHOUSE") or lake_dir().as_uri()
-    lake = SqlCatalog("lake", uri=catalog_uri(), warehouse=warehouse, **object_storage_properties())
-    lake.create_namespace_if_not_exists(NAMESPACE)
-    return lake
-
-
-def object_storage_properties() -> dict[str, str]:
-    """pyiceberg's S3 settings from the standard AWS variables. The region must be given: without
-    it pyiceberg asks AWS where the bucket is. Credentials come from the AWS default chain."""
-    properties = {}
-    if endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
-        properties["s3.endpoint"] = endpoint
-    if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
-        properties["s3.region"] = region
-    return properties
-
-
 def table_schema(file_type: FileType) -> Schema:
     columns = [(f.name, ICEBERG_TYPES[f.type]) for f in file_type.fields] + list(LINEAGE_FIELDS)
     return Schema(*(NestedField(i, name, kind(), required=False) for i, (name, kind) in enumerate(columns, start=1)))
@@ -88,10 +67,6 @@ def table_schema(file_type: FileType) -> Schema:
 
 def rejected_schema() -> Schema:
     return Schema(*(NestedField(i, name, kind(), required=False) for i, (name, kind) in enumerate(REJECTED_FIELDS, 1)))
-
-
-def identifier(table_name: str) -> str:
-    return f"{NAMESPACE}.{table_name}"
 
 
 def ensure_tables(lake: Catalog, file_type: FileType) -> tuple[Table, Table]:

@@ -1,4 +1,4 @@
-"""One place for runtime configuration (DESIGN §8): data dir, warehouse target, destinations."""
+"""One place for runtime configuration (DESIGN §8): data dir, warehouse target, connections."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
-
-import dlt
-from dlt.common.destination import Destination
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
@@ -79,39 +76,6 @@ def postgres_credentials() -> str:
     database = os.environ.get("PGDATABASE", "postgres")
     auth = f"{quote(user, safe='')}:{quote(password, safe='')}" if password else quote(user, safe="")
     return f"postgresql://{auth}@{host}:{port}/{database}"
-
-
-def dlt_postgres_credentials():
-    """dlt insists on a password; under trust or pgpass auth an empty one lets libpq decide."""
-    from dlt.destinations.impl.postgres.configuration import PostgresCredentials
-
-    credentials = PostgresCredentials()
-    credentials.parse_native_representation(postgres_credentials())
-    credentials.password = os.environ.get("PGPASSWORD", "")
-    return credentials
-
-
-def destination() -> Destination:
-    if target() == "postgres":
-        return dlt.destinations.postgres(credentials=dlt_postgres_credentials())
-    warehouse_path().parent.mkdir(parents=True, exist_ok=True)
-    return dlt.destinations.duckdb(str(warehouse_path()))
-
-
-def pipeline(name: str, dataset_name: str) -> dlt.Pipeline:
-    """A dlt pipeline whose local state lives under the data dir, so data dirs stay independent."""
-    return dlt.pipeline(
-        pipeline_name=name,
-        pipelines_dir=str(data_dir() / ".dlt_pipelines"),
-        destination=destination(),
-        dataset_name=dataset_name,
-        progress=progress_collector(),
-    )
-
-
-def progress_collector() -> str | None:
-    """dlt's own progress lines (items per resource, rate, memory) in a terminal; none in pipes and logs."""
-    return "log" if sys.stderr.isatty() else None
 
 
 def as_list(value: str | Sequence[str]) -> list[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import sqlalchemy
 
-from loaders.settings import data_dir
-from loaders.vehicles.identifiers import validate_identifier
+from core.settings import data_dir
+from lake.identifiers import validate_identifier
 
 DEFAULT_SCHEMA = "iceberg_catalog"
 

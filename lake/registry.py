@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy
 import yaml
 
-from loaders.vehicles.catalog_database import catalog_uri
-from loaders.vehicles.identifiers import IDENTIFIER, RegistryError, validate_identifier
+from lake.catalog_database import catalog_uri
+from lake.identifiers import IDENTIFIER, RegistryError, validate_identifier
 
 SEED = Path(__file__).with_name("file_types.yml")
 FIELD_TYPES = ("string", "long", "double", "boolean", "timestamp", "json")
