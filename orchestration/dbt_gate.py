@@ -82,14 +82,14 @@ def manifest() -> dict:
     return json.loads((target_dir() / "manifest.json").read_text())
 
 
-def inputs_fingerprint(select: list[str] | None) -> str | None:
-    """A digest of everything a build reads: the dbt project's files, the selection and target,
+def inputs_fingerprint(selector: str | None) -> str | None:
+    """A digest of everything a build reads: the dbt project's files, the selector and target,
     and per source table of the last build's manifest its row count and newest load marker
     (dlt's _dlt_load_id, the lake's batch_id). None before the first build."""
     manifest = target_dir() / "manifest.json"
     if not manifest.exists():
         return None
-    digest = hashlib.sha256(json.dumps([target(), sorted(select or [])]).encode())
+    digest = hashlib.sha256(json.dumps([target(), selector]).encode())
     for path in sorted(DBT_PROJECT_DIR.rglob("*")):
         relative = path.relative_to(DBT_PROJECT_DIR)
         if path.is_file() and relative.parts[0] not in PROJECT_OUTPUT_DIRS:
