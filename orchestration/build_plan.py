@@ -200,7 +200,7 @@ def selection_args(selector: str | None, excluded: list[str], listed: Callable[[
 
 def list_args(selector: str) -> list[str]:
     """dbt ls arguments that print a selector's nodes (tests and unit tests too) as selections."""
-    return ["ls", "--selector", selector, "--resource-type", "all", "--output", "selector", "--quiet"]
+    return ["ls", "--selector", selector, "--resource-type", "all", "--output", "selector", "--log-level", "none"]
 
 
 def split_selector(argv: list[str]) -> tuple[str | None, list[str]]:
