@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loaders.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
 from loaders.warehouse import query
-from orchestration.build_plan import VARS
+from orchestration.build_plan import VARS, list_args
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,19 @@ def invoke(args: list[str]):
     settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target_dir())
     log.info("dbt %s", " ".join(args))
     return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
+
+
+def listed(selector: str) -> list[str]:
+    """A selector's nodes as dbt selections: dbt ls on the target dir's parse, not through Prefect
+    (PrefectDbtRunner refuses --log-level none, and a listing is no task)."""
+    from dbt.cli.main import dbtRunner
+
+    project = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
+    args = [*list_args(selector), *project, "--target-path", str(target_dir()), "--vars", AUDIT_VARS]
+    result = dbtRunner().invoke([*args, "--no-write-json"])
+    if not result.success:
+        raise RuntimeError(f"dbt ls --selector {selector} failed: {result.exception}")
+    return list(result.result)
 
 
 def manifest() -> dict:

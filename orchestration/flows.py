@@ -159,7 +159,8 @@ def build_and_gate(selector: str | None, resume: bool, exclude: Sequence[str] = 
         get_run_logger().info("the previous dbt build failed: resuming with dbt retry")
         command = ["retry"]
     else:
-        command = ["build", "--vars", dbt_gate.AUDIT_VARS, *build_plan.selection_args(selector, list(exclude), listed)]
+        selection = build_plan.selection_args(selector, list(exclude), dbt_gate.listed)
+        command = ["build", "--vars", dbt_gate.AUDIT_VARS, *selection]
     dbt_gate.invoke(command)
     result = dbt_gate.summarise(command)
     create_markdown_artifact(key="dbt-gate", markdown=dbt_gate.markdown_report(result), description="dbt test gate")
@@ -168,14 +169,6 @@ def build_and_gate(selector: str | None, resume: bool, exclude: Sequence[str] = 
     for warning in result.warnings:
         get_run_logger().warning("dbt warning: %s on %s (%s rows)", warning.test, warning.model, warning.failures)
     return result
-
-
-def listed(selector: str) -> list[str]:
-    """The nodes of a selector (dbt ls, on the build's parse)."""
-    result = dbt_gate.invoke([*build_plan.list_args(selector), "--vars", dbt_gate.AUDIT_VARS])
-    if not result.success:
-        raise RuntimeError(f"dbt ls --selector {selector} failed: {result.exception}")
-    return list(result.result)
 
 
 @task
