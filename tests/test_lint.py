@@ -29,11 +29,6 @@ def test_python_passes_ruff():
 
 def test_sql_passes_sqlfluff(tmp_path):
     # The templater renders each model with dbt, which opens a warehouse: an empty one here.
-    env = {
-        **os.environ,
-        "ELT_DATA_DIR": str(tmp_path),
-        "DBT_TARGET_PATH": str(tmp_path / "dbt_target"),
-        "DBT_LOG_PATH": str(tmp_path / "dbt_logs"),
-    }
+    env = {**os.environ, "ELT_DATA_DIR": str(tmp_path), "DBT_LOG_PATH": str(tmp_path / "dbt_logs")}
     result = run(str(BIN / "sqlfluff"), "lint", "dbt_project", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
