@@ -47,9 +47,16 @@ def plan_and_build(argv: list[str]) -> int:
     selector, options = build_plan.split_selector(argv)
 
     def listed(name: str) -> list[str]:
-        return runner.invoke([*build_plan.list_args(name), *PROJECT, "--vars", VARS]).result or []
+        listing = runner.invoke([*build_plan.list_args(name), *PROJECT, "--vars", VARS])
+        if not listing.success:
+            raise RuntimeError(f"dbt ls --selector {name} failed: {listing.exception}")
+        return listing.result
 
-    selection = build_plan.selection_args(selector, skips.excluded, listed)
+    try:
+        selection = build_plan.selection_args(selector, skips.excluded, listed)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     result = runner.invoke(["build", *PROJECT, "--vars", VARS, *selection, *options])
     for line in skips.messages:
         print(line)
