@@ -91,9 +91,14 @@ test: setup
 bench: setup
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# ruff on the Python; sqlfluff with the dbt templater (.sqlfluff) on the SQL, rendered against an
+# empty throwaway warehouse (never the data dir's). tests/test_lint.py runs the same.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	ELT_DATA_DIR="$$scratch" DBT_LOG_PATH="$$scratch/dbt_logs" \
+	$(BIN)/sqlfluff lint dbt_project
 
 clean:
 	rm -rf $(DBT_PROJECT_DIR)/target $(DBT_PROJECT_DIR)/logs .pytest_cache

@@ -40,7 +40,6 @@ from loaders.vehicles.generate import START, generate
 BENCH_DIR = PROJECT_ROOT / "bench"
 REAL_CSV_DIR = PROJECT_ROOT.parent / "shared" / "data" / "real" / "football_csv"
 SAMPLE_CSV_DIR = PROJECT_ROOT / "data" / "sample" / "football_csv"
-VEHICLE_MODELS = "+path:models/marts/vehicles"
 NAIVE_SAMPLE_RECORDS = 20_000
 # The lake job's fixed cost: a JVM and a local SparkSession that runs one trivial job.
 SPARK_START = "from spark_jobs.session import spark_session; spark_session('bench').range(1).count()"
@@ -287,7 +286,7 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
     spark_start = measure(python("-c", SPARK_START), env)
     spark_parse = measure(python("-c", SPARK_PARSE, str(source)), env)
 
-    full = measure(dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir), env)
+    full = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
     one_hour = work / "one_more_hour"
     extra = generate(
         one_hour, files=1, events_per_file=events // files, seed=seed + 1, start=START + timedelta(hours=files)
@@ -299,8 +298,8 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
         ("-m", "loaders", "vehicles", "load"),
     ):
         measure(python(*command), env)
-    incremental = measure(dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir), env)
-    idle_build = measure(dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir), env)
+    incremental = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
+    idle_build = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
 
     measure(python("-m", "orchestration.flows"), env)  # first run: football samples, audit marts
     idle_flow = measure(python("-m", "orchestration.flows"), env)

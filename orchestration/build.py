@@ -3,7 +3,7 @@ flow audits first), in this process while it holds the DuckDB warehouse. The sam
 flow (orchestration/build_plan.py): sources never loaded are skipped and named, a source table
 dropped after loading is an error.
 
-    python -m orchestration.build [dbt build options, e.g. --select +fct_matches]
+    python -m orchestration.build [dbt build options, e.g. --selector football or --select +fct_matches]
 """
 
 from __future__ import annotations
@@ -42,10 +42,22 @@ def plan_and_build(argv: list[str]) -> int:
     except build_plan.SourcesVanished as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    # The parsed manifest is handed over: the build does not parse again.
-    result = dbtRunner(manifest=parsed.result).invoke(
-        ["build", *PROJECT, "--vars", VARS, *build_plan.exclude_args(skips.excluded), *argv]
-    )
+    # The parsed manifest is handed over: neither dbt ls nor the build parses again.
+    runner = dbtRunner(manifest=parsed.result)
+    selector, options = build_plan.split_selector(argv)
+
+    def listed(name: str) -> list[str]:
+        listing = runner.invoke([*build_plan.list_args(name), *PROJECT, "--vars", VARS])
+        if not listing.success:
+            raise RuntimeError(f"dbt ls --selector {name} failed: {listing.exception}")
+        return listing.result
+
+    try:
+        selection = build_plan.selection_args(selector, skips.excluded, listed)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result = runner.invoke(["build", *PROJECT, "--vars", VARS, *selection, *options])
     for line in skips.messages:
         print(line)
     if result.success:

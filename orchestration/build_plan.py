@@ -19,7 +19,7 @@ A test is skipped too when a model it reads is skipped.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 
@@ -185,6 +185,37 @@ def excluded(manifest: dict, plan: BuildPlan) -> list[str]:
 
 def exclude_args(selectors: list[str]) -> list[str]:
     return ["--exclude", *selectors] if selectors else []
+
+
+def selection_args(selector: str | None, excluded: list[str], listed: Callable[[str], list[str]]) -> list[str]:
+    """dbt build arguments for a named selector (dbt_project/selectors.yml; None: everything) less
+    the skipped nodes. dbt ignores --exclude beside --selector, so when nodes are skipped the
+    selector's nodes, as `listed` by dbt ls, are selected instead."""
+    if selector is None:
+        return exclude_args(excluded)
+    if not excluded:
+        return ["--selector", selector]
+    return ["--select", *listed(selector), *exclude_args(excluded)]
+
+
+def list_args(selector: str) -> list[str]:
+    """dbt ls arguments that print a selector's nodes (tests and unit tests too) as selections."""
+    return ["ls", "--selector", selector, "--resource-type", "all", "--output", "selector", "--log-level", "none"]
+
+
+def split_selector(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(the --selector of dbt command-line arguments, the other arguments)."""
+    rest: list[str] = []
+    selector = None
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument == "--selector":
+            selector = next(arguments, None)
+        elif argument.startswith("--selector="):
+            selector = argument.removeprefix("--selector=")
+        else:
+            rest.append(argument)
+    return selector, rest
 
 
 def freshness_exclude_args(manifest: dict) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
 from core.warehouse import query
-from orchestration.build_plan import VARS
+from orchestration.build_plan import VARS, list_args
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,31 @@ def invoke(args: list[str]):
     return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
 
 
+def listed(selector: str) -> list[str]:
+    """A selector's nodes as dbt selections: dbt ls on the target dir's parse, not through Prefect
+    (PrefectDbtRunner refuses --log-level none, and a listing is no task)."""
+    from dbt.cli.main import dbtRunner
+
+    project = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
+    args = [*list_args(selector), *project, "--target-path", str(target_dir()), "--vars", AUDIT_VARS]
+    result = dbtRunner().invoke([*args, "--no-write-json"])
+    if not result.success:
+        raise RuntimeError(f"dbt ls --selector {selector} failed: {result.exception}")
+    return list(result.result)
+
+
 def manifest() -> dict:
     return json.loads((target_dir() / "manifest.json").read_text())
 
 
-def inputs_fingerprint(select: list[str] | None) -> str | None:
-    """A digest of everything a build reads: the dbt project's files, the selection and target,
+def inputs_fingerprint(selector: str | None) -> str | None:
+    """A digest of everything a build reads: the dbt project's files, the selector and target,
     and per source table of the last build's manifest its row count and newest load marker
     (dlt's _dlt_load_id, the lake's batch_id). None before the first build."""
     manifest = target_dir() / "manifest.json"
     if not manifest.exists():
         return None
-    digest = hashlib.sha256(json.dumps([target(), sorted(select or [])]).encode())
+    digest = hashlib.sha256(json.dumps([target(), selector]).encode())
     for path in sorted(DBT_PROJECT_DIR.rglob("*")):
         relative = path.relative_to(DBT_PROJECT_DIR)
         if path.is_file() and relative.parts[0] not in PROJECT_OUTPUT_DIRS:

@@ -152,7 +152,7 @@ def check_source_freshness() -> dict[str, str]:
 
 
 @writes_to_warehouse
-def build_and_gate(select: Sequence[str] | None, resume: bool, exclude: Sequence[str] = ()) -> dbt_gate.GateResult:
+def build_and_gate(selector: str | None, resume: bool, exclude: Sequence[str] = ()) -> dbt_gate.GateResult:
     """dbt build into marts_audit (or dbt retry after a failed run); raise if the gate is red."""
     # dbt retry repeats the failed build's selection: if a source loaded since then changed what
     # the plan leaves out, that build is stale and a new one runs.
@@ -160,8 +160,8 @@ def build_and_gate(select: Sequence[str] | None, resume: bool, exclude: Sequence
         get_run_logger().info("the previous dbt build failed: resuming with dbt retry")
         command = ["retry"]
     else:
-        command = ["build", "--vars", dbt_gate.AUDIT_VARS, *build_plan.exclude_args(list(exclude))]
-        command += ["--select", *select] if select else []
+        selection = build_plan.selection_args(selector, list(exclude), dbt_gate.listed)
+        command = ["build", "--vars", dbt_gate.AUDIT_VARS, *selection]
     dbt_gate.invoke(command)
     result = dbt_gate.summarise(command)
     create_markdown_artifact(key="dbt-gate", markdown=dbt_gate.markdown_report(result), description="dbt test gate")
@@ -248,7 +248,7 @@ def elt(
     season: int | str | None = None,
     target: str | None = None,
     build: bool = True,
-    select: list[str] | None = None,
+    selector: str | None = None,
     resume: bool = True,
     mode: str | None = None,
 ) -> dict:
@@ -262,7 +262,8 @@ def elt(
             a start year (2024) or current / previous.
         target: duckdb or postgres (default: ELT_TARGET).
         build: run the dbt gate and publish after loading.
-        select: dbt selection for the build (default: everything).
+        selector: the dbt selector to build, from dbt_project/selectors.yml: vehicles or
+            football (default: everything).
         resume: after a failed gate, re-run only failed and skipped nodes (dbt retry).
         mode: sample (the bundled inputs, offline) or live (.dlt/config.toml, files arriving in
             incoming/); default: ELT_MODE, else the mode the data dir remembers, else sample.
@@ -299,20 +300,20 @@ def elt(
         outcome["freshness"] = freshness
         skips = plan_build(reuse_parse=True)  # freshness has just parsed the project
         outcome["skipped"] = skips.messages
-        inputs = dbt_gate.inputs_fingerprint(select)
+        inputs = dbt_gate.inputs_fingerprint(selector)
         if dbt_gate.already_published(inputs):
             get_run_logger().info("nothing new since the last published build: gate and publish skipped")
             outcome["gate_skipped"] = True
         else:
             gate = step(
                 "dbt build (the gate)",
-                lambda: build_and_gate(select, resume, skips.excluded),
+                lambda: build_and_gate(selector, resume, skips.excluded),
                 lambda gate: describe_counts(gate.counts),
             )
             reports = step("publish", lambda: publish(skips.marts), lambda files: f"{len(files)} report files")
             # Before the first build there is no manifest to read the inputs from; the build
             # changed no source table, so they can be read now.
-            dbt_gate.record_published(inputs or dbt_gate.inputs_fingerprint(select))
+            dbt_gate.record_published(inputs or dbt_gate.inputs_fingerprint(selector))
             outcome["tests"] = gate.counts
             outcome["dbt_command"] = gate.command
     outcome["reports"] = reports
@@ -450,9 +451,7 @@ def backfill(
             time.sleep(request_delay)
     if build:
         skips = plan_build()
-        gate = build_and_gate(
-            ["+path:models/marts/football", "+path:models/marts/reporting"], resume=False, exclude=skips.excluded
-        )
+        gate = build_and_gate("football", resume=False, exclude=skips.excluded)
         outcome["tests"] = gate.counts
         outcome["reports"] = publish(skips.marts)
     return outcome

@@ -33,9 +33,6 @@ from core.settings import data_dir_or_exit
 from orchestration.concurrency import WAREHOUSE_LIMIT, ensure_warehouse_limit
 from orchestration.flows import elt, maintenance
 
-VEHICLE_MARTS = ["+path:models/marts/vehicles"]
-FOOTBALL_MARTS = ["+path:models/marts/football", "+path:models/marts/reporting"]
-
 
 def deployments() -> list:
     return [
@@ -48,13 +45,13 @@ def deployments() -> list:
         elt.to_deployment(
             name="daily-summary",
             schedules=[Cron("0 1 * * *", timezone="UTC")],
-            parameters={"sources": [], "select": VEHICLE_MARTS, "mode": "live"},
+            parameters={"sources": [], "selector": "vehicles", "mode": "live"},
             description="Builds, tests and publishes daily_summary and the other vehicle marts.",
         ),
         elt.to_deployment(
             name="football-weekly",
             schedules=[Cron("0 0 * 1-5,8-12 6", timezone="UTC")],
-            parameters={"sources": ["football_csv", "football_api"], "select": FOOTBALL_MARTS, "mode": "live"},
+            parameters={"sources": ["football_csv", "football_api"], "selector": "football", "mode": "live"},
             description="Weekly football load during the season (August to May), gate and publish.",
         ),
         maintenance.to_deployment(

@@ -95,7 +95,7 @@ def test_the_daily_summary_page_renders_with_its_columns(docs_server, module_dat
     assert "daily_summary" in dom
     for column in ("vehicle_id", "day", "last_event_time", "last_event_type"):
         assert column in dom
-    assert "the last event of the day" in dom  # the model description, from _vehicles__models.yml
+    assert "the last event of the day" in dom  # the model description, from daily_summary.yml
     assert screenshot.stat().st_size > 10_000
 
 

@@ -28,7 +28,6 @@ from .test_vehicle_lake import event_identity, summary
 from .vehicles_helpers import count_files, expected_daily_summary, good_events, lake_rows
 
 pytestmark = pytest.mark.integration
-VEHICLE_MODELS = "+path:models/marts/vehicles"
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +68,11 @@ def test_sigkill_during_dbt_build_then_rerun_ends_with_the_right_marts(lake_batc
     log = data_dir / "dbt_logs" / "dbt.log"
     log.parent.mkdir(exist_ok=True)
     log.write_text("")
-    dbt = [str(Path(sys.executable).parent / "dbt"), "build", "--select", VEHICLE_MODELS]
+    dbt = [str(Path(sys.executable).parent / "dbt"), "build", "--selector", "vehicles"]
     dbt += ["--target-path", str(data_dir / "dbt_target"), "--log-path", str(data_dir / "dbt_logs")]
     mid_build = lambda: "model marts.fct_vehicle_events" in log.read_text(errors="replace")  # noqa: E731
     kill_when(start(dbt), mid_build)
-    run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
+    run_dbt("build", "--selector", "vehicles", data_dir=data_dir)
 
     processed = state_dir("processed", "vehicles_events")
     expected = {event_identity(event) for event in good_events(processed)}

@@ -17,7 +17,6 @@ from orchestration.flows import elt, print_summary
 from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows
 
 pytestmark = pytest.mark.integration
-FOOTBALL = ["+path:models/marts/football", "+path:models/marts/reporting"]
 
 
 def marts_snapshot(data_dir: Path) -> list[tuple]:
@@ -31,7 +30,7 @@ def run_football(**options):
         seasons=["2425", "1819"],
         divisions=["E0", "D1"],
         season=2022,  # the API recordings' season
-        select=FOOTBALL,
+        selector="football",
         **options,
     )
 

@@ -67,9 +67,7 @@ def all_real_files(module_data_dir: Path, tmp_path_factory) -> dict:
     pipeline("football_api", "raw_football_api").run(
         football_api(competitions=["BL1", "BSA"], season=2022, base_url=str(api_base))
     )
-    build = run_dbt(
-        "build", "--select", "+path:models/marts/football", "+path:models/marts/reporting", data_dir=module_data_dir
-    )
+    build = run_dbt("build", "--selector", "football", data_dir=module_data_dir)
     return {"files": files, "site": site, "reports": reports, "dbt": build, "data_dir": module_data_dir}
 
 

@@ -36,7 +36,6 @@ from .vehicles_helpers import (
 )
 
 pytestmark = pytest.mark.integration
-VEHICLE_MODELS = "+path:models/marts/vehicles"
 
 
 def load_lake_into_warehouse():
@@ -149,7 +148,7 @@ def test_rerunning_and_redelivering_a_batch_changes_nothing(quirky):
 def test_dbt_daily_summary_is_right_and_a_late_file_recomputes_only_its_days(quirky):
     data_dir = quirky["data_dir"]
     load_lake_into_warehouse()
-    run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
+    run_dbt("build", "--selector", "vehicles", data_dir=data_dir)
     processed = state_dir("processed", "vehicles_events")
     assert summary() == expected_daily_summary(good_events(processed))
     before = batches()
@@ -167,7 +166,7 @@ def test_dbt_daily_summary_is_right_and_a_late_file_recomputes_only_its_days(qui
     discover()
     run_lake_job()
     load_lake_into_warehouse()
-    run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
+    run_dbt("build", "--selector", "vehicles", data_dir=data_dir)
 
     assert summary() == expected_daily_summary(good_events(processed))
     after = batches()

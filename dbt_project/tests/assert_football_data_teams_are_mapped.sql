@@ -16,18 +16,24 @@ covered_divisions as (
 
 names_in_covered_divisions as (
 
-    select division_code, home_team_name as team_name from {{ ref('fct_matches') }}
+    select
+        division_code,
+        home_team_name as team_name
+    from {{ ref('fct_matches') }}
     union
-    select division_code, away_team_name from {{ ref('fct_matches') }}
+    select
+        division_code,
+        away_team_name
+    from {{ ref('fct_matches') }}
 
 )
 
 select
-    names.division_code,
-    names.team_name as unmapped_team_name
-from names_in_covered_divisions as names
+    team_names.division_code,
+    team_names.team_name as unmapped_team_name
+from names_in_covered_divisions as team_names
 inner join covered_divisions
-    on names.division_code = covered_divisions.division_code
+    on team_names.division_code = covered_divisions.division_code
 inner join {{ ref('int_teams__football_data_names') }} as resolved
-    on names.team_name = resolved.football_data_team_name
+    on team_names.team_name = resolved.football_data_team_name
 where resolved.api_team_id is null

@@ -38,7 +38,7 @@ select
 from matches
 left join tables
     on matches.division_code = tables.division_code
-    and matches.season_code = tables.season_code
+        and matches.season_code = tables.season_code
 where tables.appearances is null
     or tables.appearances <> 2 * matches.scored_matches
     or tables.goals_for <> tables.goals_against

@@ -29,12 +29,12 @@ football_data_names as (
 resolved as (
 
     select
-        names.football_data_team_name,
+        team_names.football_data_team_name,
         mapping.api_team_name,
         api_teams.team_id as api_team_id
-    from football_data_names as names
+    from football_data_names as team_names
     left join mapping
-        on names.football_data_team_name = mapping.football_data_team_name
+        on team_names.football_data_team_name = mapping.football_data_team_name
     left join api_teams
         on mapping.api_team_name = api_teams.team_name
 

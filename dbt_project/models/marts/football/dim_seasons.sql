@@ -2,7 +2,9 @@ with
 
 seasons as (
 
-    select distinct season_code, season_start_year
+    select distinct
+        season_code,
+        season_start_year
     from {{ ref('stg_football_data__matches') }}
 
 ),
@@ -19,8 +21,12 @@ final as (
             as {{ dbt.type_string() }}
         ) as season_label,
         -- The window the loader accepts match dates in: 1 July to 31 August of the next year.
-        cast({{ dbt.concat(["cast(season_start_year as " ~ dbt.type_string() ~ ")", "'-07-01'"]) }} as date) as starts_on,
-        cast({{ dbt.concat(["cast(season_start_year + 1 as " ~ dbt.type_string() ~ ")", "'-08-31'"]) }} as date) as ends_on
+        cast(
+            {{ dbt.concat(["cast(season_start_year as " ~ dbt.type_string() ~ ")", "'-07-01'"]) }} as date
+        ) as starts_on,
+        cast(
+            {{ dbt.concat(["cast(season_start_year + 1 as " ~ dbt.type_string() ~ ")", "'-08-31'"]) }} as date
+        ) as ends_on
     from seasons
 
 )

@@ -33,7 +33,7 @@ final as (
         -- total. Head-to-head rules and points deductions are not in the source data.
         cast(row_number() over (
             partition by division_code, season_code
-            order by points desc, goal_difference desc, goals_for desc, team_name
+            order by points desc, goal_difference desc, goals_for desc, team_name asc
         ) as integer) as position
     from totals
 

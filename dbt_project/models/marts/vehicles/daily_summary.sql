@@ -31,7 +31,7 @@ in_scope as (
     from events
     inner join touched_days
         on events.vehicle_id = touched_days.vehicle_id
-        and events.event_date = touched_days.event_date
+            and events.event_date = touched_days.event_date
 
 ),
 {% else %}
@@ -53,7 +53,7 @@ ranked as (
         -- (alphabetically) so the choice never depends on load order.
         row_number() over (
             partition by vehicle_id, event_date
-            order by event_at desc, event_type, event_source, event_value, event_id
+            order by event_at desc, event_type asc, event_source asc, event_value asc, event_id asc
         ) as recency,
         max(batch_id) over (partition by vehicle_id, event_date) as last_batch_id
     from in_scope

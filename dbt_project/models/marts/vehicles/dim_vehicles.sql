@@ -32,7 +32,7 @@ latest_status as (
         reported_at,
         row_number() over (
             partition by vehicle_id
-            order by reported_at desc, status, status_source, status_report_id
+            order by reported_at desc, status asc, status_source asc, status_report_id asc
         ) as recency
     from status_reports
 
@@ -60,7 +60,7 @@ final as (
         on vehicles.vehicle_id = event_totals.vehicle_id
     left join latest_status
         on vehicles.vehicle_id = latest_status.vehicle_id
-        and latest_status.recency = 1
+            and latest_status.recency = 1
 
 )
 

@@ -10,7 +10,10 @@ squad as (
 
 teams as (
 
-    select id, _dlt_id from {{ source_or_empty('football_api', 'teams') }}
+    select
+        id,
+        _dlt_id
+    from {{ source_or_empty('football_api', 'teams') }}
 
 ),
 

@@ -11,13 +11,12 @@ source as (
 latest_version as (
 
     -- The loader merges on the match key; this also holds for a replayed or hand-made table.
-    select
-        *,
-        row_number() over (
-            partition by division, season, match_date, home_team, away_team
-            order by _dlt_load_id desc
-        ) as version_rank
-    from source
+    select *
+    from {{ deduplicate(
+        'source',
+        partition_by=['division', 'season', 'match_date', 'home_team', 'away_team'],
+        order_by=['_dlt_load_id desc']
+    ) }}
 
 ),
 
@@ -67,7 +66,6 @@ renamed as (
         _dlt_load_id as load_id
 
     from latest_version
-    where version_rank = 1
 
 )
 

@@ -9,13 +9,12 @@ source as (
 first_delivery as (
 
     -- Producers resend records: an exact repeat keeps its first delivery only.
-    select
-        *,
-        row_number() over (
-            partition by vehicle_id, event_time, event_type, event_source, event_value, event_extra_data
-            order by batch_id, source_file, source_position
-        ) as delivery
-    from source
+    select *
+    from {{ deduplicate(
+        'source',
+        partition_by=['vehicle_id', 'event_time', 'event_type', 'event_source', 'event_value', 'event_extra_data'],
+        order_by=['batch_id', 'source_file', 'source_position']
+    ) }}
 
 ),
 
@@ -41,7 +40,6 @@ renamed as (
         batch_id,
         ingested_at
     from first_delivery
-    where delivery = 1
 
 )
 
