@@ -14,9 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, PROJECT_ROOT, TARGETS, postgres_credentials
+from core.settings import (
+    DBT_PROFILES_DIR,
+    DBT_PROJECT_DIR,
+    PROJECT_ROOT,
+    SHARED_REAL_DATA,
+    TARGETS,
+    postgres_credentials,
+)
 
-REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 QUIET_TOOLS = {
     "DO_NOT_TRACK": "1",
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
@@ -42,7 +48,7 @@ def sample_matches(*divisions: str) -> int:
 
 def real_data(kind: str) -> Path:
     """The shared real sample files; CI always has them, a lone clone may not."""
-    folder = REAL_DATA / kind
+    folder = SHARED_REAL_DATA / kind
     if not folder.is_dir():
         if os.environ.get("CI"):
             pytest.fail(f"{folder} is missing: CI must run with shared/ beside the clone")

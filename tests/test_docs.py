@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
 
 from .conftest import QUIET_TOOLS, listens_on_loopback_only, run_dbt
+from .processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_target]
 CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
@@ -36,12 +36,6 @@ def chromium() -> str:
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *CHROMIUM_PACKAGES]
     subprocess.run(install, env=env, check=True, capture_output=True, timeout=900)
     return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

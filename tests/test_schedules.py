@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,15 +39,10 @@ from .conftest import (
     rows,
     sample_matches,
 )
+from .processes import free_port, stop_group
 
 pytestmark = pytest.mark.integration
 DEPLOYMENTS = {"vehicles-hourly", "daily-summary", "football-weekly", "maintenance-daily"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_deployments_have_the_documented_schedules():
@@ -103,12 +97,7 @@ def served_deployments(data_dir, tmp_path):
                     names = set()
             yield port
     finally:
-        os.killpg(served.pid, signal.SIGTERM)
-        try:
-            served.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(served.pid, signal.SIGKILL)
-            served.wait(timeout=30)
+        stop_group(served)
 
 
 def wait_for_final_states(flow_run_ids: list, timeout: float = 240) -> list:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from lake.files import discover, stage_sample
 
 from .conftest import run_dbt
+from .processes import run_loaders
 
 pytestmark = pytest.mark.integration
 
 
 def status() -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "loaders", "status"], env=dict(os.environ), capture_output=True, text=True, timeout=120
-    )
+    result = run_loaders("status", timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -36,7 +31,8 @@ def test_status_before_anything_is_loaded(data_dir):
 
 
 def test_status_shows_rows_last_loads_files_per_state_and_freshness(data_dir):
-    subprocess.run([sys.executable, "-m", "loaders", "football-csv"], env=dict(os.environ), check=True, timeout=300)
+    loaded = run_loaders("football-csv")
+    assert loaded.returncode == 0, loaded.stderr
     stage_sample()
     discover()
     run_dbt("source", "freshness", "--select", "source:football_data", data_dir=data_dir)
