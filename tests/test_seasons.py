@@ -3,7 +3,6 @@ asked for. Expected codes are written by hand from that rule for fixed dates."""
 
 from __future__ import annotations
 
-import csv
 from datetime import date
 
 import pytest
@@ -18,7 +17,7 @@ from loaders.seasons import (
     today_utc,
 )
 
-from .conftest import lay_out_as_site, real_csv_files, rows
+from .conftest import lay_out_as_site, matches_in, real_csv_files, rows
 from .processes import run_loaders
 
 pytestmark = pytest.mark.one_target  # season arithmetic and what is requested, not the warehouse
@@ -107,14 +106,6 @@ def test_season_range_for_backfills():
     assert seasons_between(1998, 2000) == ["9899", "9900", "0001"]
     with pytest.raises(SeasonError):
         seasons_between(2024, 2019)
-
-
-def matches_in(path) -> int:
-    """Data rows with a date and both teams, counted from the file itself."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return sum(
-            1 for row in csv.DictReader(handle) if row.get("Date") and row.get("HomeTeam") and row.get("AwayTeam")
-        )
 
 
 def test_the_cli_requests_the_seasons_current_and_previous_resolve_to(data_dir, tmp_path):
