@@ -34,11 +34,11 @@ from pathlib import Path
 
 import psutil
 
-from core.settings import PROJECT_ROOT, postgres_credentials
+from core.settings import PROJECT_ROOT, SHARED_REAL_DATA, postgres_credentials
 from loaders.vehicles.generate import START, generate
 
 BENCH_DIR = PROJECT_ROOT / "bench"
-REAL_CSV_DIR = PROJECT_ROOT.parent / "shared" / "data" / "real" / "football_csv"
+REAL_CSV_DIR = SHARED_REAL_DATA / "football_csv"
 SAMPLE_CSV_DIR = PROJECT_ROOT / "data" / "sample" / "football_csv"
 NAIVE_SAMPLE_RECORDS = 20_000
 # The lake job's fixed cost: a JVM and a local SparkSession that runs one trivial job.

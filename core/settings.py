@@ -11,6 +11,8 @@ from urllib.parse import quote
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 DBT_PROFILES_DIR = PROJECT_ROOT / "profiles"
+# Real source files shared beside the clone (tests and bench read them; a lone clone may lack them).
+SHARED_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 TARGETS = ("duckdb", "postgres")
 
 

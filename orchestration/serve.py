@@ -19,6 +19,7 @@ Their warehouse-writing steps take turns through the global concurrency limit `e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ import urllib.request
 
 from prefect import serve
 from prefect.schedules import Cron
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core.settings import data_dir_or_exit
 from orchestration.concurrency import WAREHOUSE_LIMIT, ensure_warehouse_limit
@@ -93,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     server = start_local_server(args.port) if args.with_server else None
     if server:
         print(f"Prefect UI: http://127.0.0.1:{args.port}")
+    # Prefect read its settings at import: the started server's URL must be set through them too.
+    api = temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}) if server else contextlib.nullcontext()
     try:
-        ensure_warehouse_limit()
-        print(f"Warehouse writers take turns: global concurrency limit {WAREHOUSE_LIMIT!r} (1 slot)")
-        serve(*deployments())
+        with api:
+            ensure_warehouse_limit()
+            print(f"Warehouse writers take turns: global concurrency limit {WAREHOUSE_LIMIT!r} (1 slot)")
+            serve(*deployments())
     finally:
         if server:
             server.terminate()

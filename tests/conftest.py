@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -14,9 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, PROJECT_ROOT, TARGETS, postgres_credentials
+from core.settings import (
+    DBT_PROFILES_DIR,
+    DBT_PROJECT_DIR,
+    PROJECT_ROOT,
+    SHARED_REAL_DATA,
+    TARGETS,
+    postgres_credentials,
+)
 
-REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 QUIET_TOOLS = {
     "DO_NOT_TRACK": "1",
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
@@ -40,9 +47,33 @@ def sample_matches(*divisions: str) -> int:
     return total
 
 
+def matches_in(path: Path) -> int:
+    """Data rows with a date and both teams, counted from the file itself."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return sum(
+            1 for row in csv.DictReader(handle) if row.get("Date") and row.get("HomeTeam") and row.get("AwayTeam")
+        )
+
+
+def api_counts(v4: Path) -> tuple[int, int, int]:
+    """(competitions, distinct teams, distinct matches) in a football-data.org v4 mirror, counted
+    from its JSON responses."""
+
+    def listed(pattern: str, key: str) -> list[dict]:
+        return [item for path in sorted(v4.glob(pattern)) for item in json.loads(path.read_bytes())[key]]
+
+    competitions = listed("competitions.json", "competitions")
+    teams = {team["id"] for team in listed("competitions/*/teams*.json", "teams")}
+    matches = {match["id"] for match in listed("competitions/*/matches*.json", "matches")}
+    return len(competitions), len(teams), len(matches)
+
+
+SAMPLE_API = PROJECT_ROOT / "data" / "sample" / "football_api" / "v4"
+
+
 def real_data(kind: str) -> Path:
     """The shared real sample files; CI always has them, a lone clone may not."""
-    folder = REAL_DATA / kind
+    folder = SHARED_REAL_DATA / kind
     if not folder.is_dir():
         if os.environ.get("CI"):
             pytest.fail(f"{folder} is missing: CI must run with shared/ beside the clone")

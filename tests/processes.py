@@ -1,10 +1,14 @@
-"""Starting a job in its own process group and SIGKILLing the whole group (JVM included) at a point."""
+"""Process helpers shared by the tests: a job in its own process group and SIGKILLing the whole
+group (JVM included) at a point, stopping a group, a free loopback port, the loader CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +17,38 @@ from pathlib import Path
 def start(command: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process's group (started with start_new_session), SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the leader is gone; its children must not outlive it
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+
+
+def run_loaders(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """`python -m loaders <args>` as a user runs it, in this environment plus `env`; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "loaders", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

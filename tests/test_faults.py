@@ -4,7 +4,6 @@ inside its pyiceberg commits are here.)"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import lay_out_as_site, real_csv_files, rows, run_dbt, tables_in
 from .iceberg_commit_faults import KILL_POINTS, REJECTED_TABLE, TABLE
-from .processes import any_file, kill_when, start
+from .processes import any_file, kill_when, start, stop_group
 from .test_vehicle_lake import event_identity, summary
 from .vehicles_helpers import count_files, expected_daily_summary, good_events, lake_rows
 
@@ -129,8 +128,7 @@ def test_sigkill_inside_each_iceberg_commit_then_rerun_ends_with_exact_counts(da
                 start_new_session=True,
             )
             returncode = job.wait(timeout=300)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(job.pid, signal.SIGKILL)  # the driver died; its JVM must not outlive it
+        stop_group(job)  # the driver died; its JVM must not outlive it
         assert returncode == -signal.SIGKILL, f"{point}: exit {returncode}\n{log.read_text()[-3000:]}"
         assert holds(), f"not the state a kill at '{point}' leaves"
     run_lake_job()

@@ -204,6 +204,29 @@ def test_the_token_is_sent_as_a_header_and_never_written(data_dir, replay_api):
     assert any("landing" in str(path) for path in written)
     for path in written:
         assert TOKEN.encode() not in path.read_bytes(), path
+    # The warehouse through SQL too: Postgres keeps it outside the data dir, and DuckDB compresses
+    # strings in its file (dictionary, FSST), so a byte scan of warehouse.duckdb can miss them.
+    assert columns_containing(TOKEN) == []
+
+
+def columns_containing(needle: str) -> list[str]:
+    """Every column of every table in the warehouse whose text (any type, cast) contains `needle`."""
+    columns = rows(
+        "select c.table_schema, c.table_name, c.column_name from information_schema.columns c"
+        " join information_schema.tables t on t.table_schema = c.table_schema and t.table_name = c.table_name"
+        " where t.table_type = 'BASE TABLE' and c.table_schema not in ('information_schema', 'pg_catalog')"
+        " order by 1, 2, c.ordinal_position"
+    )
+    assert any(table == "matches" for _, table, _ in columns)  # the scan does see the loaded tables
+    by_table: dict[tuple[str, str], list[str]] = {}
+    for schema, table, column in columns:
+        by_table.setdefault((schema, table), []).append(column)
+    found = []
+    for (schema, table), names in by_table.items():
+        counts = ", ".join(f'count(*) filter (where cast("{name}" as varchar) like %s)' for name in names)
+        hits = rows(f'select {counts} from "{schema}"."{table}"', [f"%{needle}%"] * len(names))[0]
+        found += [f"{schema}.{table}.{name}" for name, hit in zip(names, hits, strict=True) if hit]
+    return found
 
 
 def test_unknown_competition_lists_what_is_available(data_dir, replay_api):

@@ -15,18 +15,9 @@ import pytest
 from lake.files import SAMPLE_DIR, STATES
 
 from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows
+from .processes import run_loaders
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_target]  # about the data dir, not the warehouse
-
-
-def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "loaders", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture
@@ -69,16 +60,16 @@ def site(tmp_path) -> Path:
 
 
 def test_a_fresh_data_dir_runs_in_sample_mode_and_stages_the_sample(data_dir):
-    assert "Mode: none yet (a fresh data dir" in run_cli("status").stdout
-    result = run_cli("vehicles", "discover")
+    assert "Mode: none yet (a fresh data dir" in run_loaders("status").stdout
+    result = run_loaders("vehicles", "discover")
     assert result.returncode == 0, result.stderr
     assert lifecycle_files(data_dir) == {path.name for path in SAMPLE_DIR.glob("*.json")}
     assert (data_dir / ".elt-mode").read_text() == "sample\n"
-    assert f"Mode: sample (remembered in {data_dir / '.elt-mode'})" in run_cli("status").stdout
+    assert f"Mode: sample (remembered in {data_dir / '.elt-mode'})" in run_loaders("status").stdout
 
 
 def test_live_mode_stages_no_sample_only_files_that_arrive(data_dir):
-    refused = run_cli("vehicles", "stage-sample", ELT_MODE="live")
+    refused = run_loaders("vehicles", "stage-sample", ELT_MODE="live")
     assert refused.returncode == 2
     assert (
         refused.stderr.strip() == "error: vehicles stage-sample copies the bundled sample: it runs in sample mode only"
@@ -87,11 +78,11 @@ def test_live_mode_stages_no_sample_only_files_that_arrive(data_dir):
     (data_dir / "incoming").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sorted(SAMPLE_DIR.glob("vehicles_events_*.json"))[0], data_dir / "incoming" / arrived)
 
-    result = run_cli("vehicles", "discover", ELT_MODE="live")
+    result = run_loaders("vehicles", "discover", ELT_MODE="live")
     assert result.returncode == 0, result.stderr
     assert "1 to process" in result.stdout
     assert lifecycle_files(data_dir) == {arrived}  # nothing from data/sample
-    assert "Mode: live" in run_cli("status").stdout  # remembered: ELT_MODE is no longer needed
+    assert "Mode: live" in run_loaders("status").stdout  # remembered: ELT_MODE is no longer needed
 
 
 def test_live_defaults_read_config_with_current_seasons(data_dir, site, tmp_path):
@@ -102,17 +93,17 @@ def test_live_defaults_read_config_with_current_seasons(data_dir, site, tmp_path
     }
     # On 30 June 2025 the current season is 2024/25, the one the site holds; the API recordings
     # were made on 12 September 2022, in 2022/23.
-    csv = run_cli("football-csv", ELT_TODAY="2025-06-30", **live)
+    csv = run_loaders("football-csv", ELT_TODAY="2025-06-30", **live)
     assert csv.returncode == 0, csv.stderr
     assert "football_csv (2425): 5 loaded, 0 unchanged, 0 not found, 0 failed" in csv.stdout
-    api = run_cli("football-api", ELT_TODAY="2022-09-12", **live)
+    api = run_loaders("football-api", ELT_TODAY="2022-09-12", **live)
     assert api.returncode == 0, api.stderr
     assert "football_api: season 2022" in api.stdout
     assert rows("select count(*) from raw_football_api.matches where season_year = 2022") == [(306,)]
 
 
 def test_switching_modes_on_a_used_data_dir_is_refused_and_loads_nothing(data_dir, site, in_process):
-    sample = run_cli("football-csv", "--divisions", "E0")
+    sample = run_loaders("football-csv", "--divisions", "E0")
     assert sample.returncode == 0, sample.stderr
     before = (rows("select count(*) from raw_football.matches"), landing_files(data_dir), lifecycle_files(data_dir))
 
@@ -135,11 +126,11 @@ def test_switching_modes_on_a_used_data_dir_is_refused_and_loads_nothing(data_di
 
     after = (rows("select count(*) from raw_football.matches"), landing_files(data_dir), lifecycle_files(data_dir))
     assert after == before
-    assert "ELT_MODE=live differs: loads are refused" in run_cli("status", ELT_MODE="live").stdout
+    assert "ELT_MODE=live differs: loads are refused" in run_loaders("status", ELT_MODE="live").stdout
 
 
 def test_a_live_data_dir_keeps_its_mode_and_refuses_the_sample(data_dir, site, in_process):
-    live = run_cli("football-csv", "--divisions", "E0", "--base-url", str(site), "--seasons", "2425")
+    live = run_loaders("football-csv", "--divisions", "E0", "--base-url", str(site), "--seasons", "2425")
     assert live.returncode == 0, live.stderr
     assert (data_dir / ".elt-mode").read_text() == "live\n"
     # ELT_MODE unset: the remembered live mode, so no sample is staged.

@@ -4,7 +4,6 @@ server on 127.0.0.1 (moto in server mode), read back with an independent client 
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -19,16 +18,11 @@ from spark_jobs.lake_commit import committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import lay_out_as_site, real_csv_files, rows
+from .processes import free_port
 from .vehicles_helpers import count_files, lake_rows
 
 pytestmark = pytest.mark.integration
 BUCKET = "elt-test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -24,6 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from core.settings import PROJECT_ROOT
 from core.warehouse import query
 from lake.catalog import catalog
+from lake.files import SAMPLE_DIR
 from lake.registry import Registry
 from loaders.football_api import football_api
 from loaders.pipelines import pipeline
@@ -33,6 +35,7 @@ from orchestration.serve import deployments
 from spark_jobs.lake_commit import ensure_tables
 
 from .conftest import (
+    api_counts,
     lay_out_api_recordings,
     lay_out_as_site,
     listens_on_loopback_only,
@@ -40,15 +43,12 @@ from .conftest import (
     rows,
     sample_matches,
 )
+from .processes import free_port, stop_group
+from .test_vehicle_lake import event_identity
+from .vehicles_helpers import expected_daily_summary, good_events
 
 pytestmark = pytest.mark.integration
 DEPLOYMENTS = {"vehicles-hourly", "daily-summary", "football-weekly", "maintenance-daily"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_deployments_have_the_documented_schedules():
@@ -59,6 +59,60 @@ def test_deployments_have_the_documented_schedules():
         "football-weekly": ("0 0 * 1-5,8-12 6", "UTC"),
         "maintenance-daily": ("30 2 * * *", "UTC"),
     }
+
+
+SCHEDULE_KINDS = ("cron", "interval", "rrule")
+
+
+def declared_schedule(entry: dict) -> dict:
+    """A prefect.yaml schedule as the fields Prefect reads from it (its defaults filled in)."""
+    kind = next(kind for kind in SCHEDULE_KINDS if kind in entry)
+    schedule = {kind: entry[kind], "timezone": entry.get("timezone")}
+    if kind == "cron":
+        schedule["day_or"] = entry.get("day_or", True)
+    if kind == "interval":
+        schedule["interval"] = timedelta(seconds=entry["interval"])
+        schedule["anchor_date"] = entry.get("anchor_date")
+    schedule.update(active=entry.get("active", True), parameters=entry.get("parameters", {}))
+    return schedule
+
+
+def served_schedule(served) -> dict:
+    fields = served.schedule.model_dump()
+    kind = next(kind for kind in SCHEDULE_KINDS if kind in fields)
+    schedule = {kind: fields[kind], "timezone": fields.get("timezone")}
+    if kind == "cron":
+        schedule["day_or"] = fields["day_or"]
+    if kind == "interval":
+        schedule["anchor_date"] = None  # Prefect's default (now) unless declared; none is
+    return {**schedule, "active": served.active, "parameters": served.parameters}
+
+
+def as_declared(deployment) -> dict:
+    return {
+        "entrypoint": deployment.entrypoint,
+        "parameters": deployment.parameters,
+        "schedules": [served_schedule(schedule) for schedule in deployment.schedules],
+        "tags": list(deployment.tags or []),
+        "concurrency_limit": deployment.concurrency_limit,
+        "paused": bool(deployment.paused),
+    }
+
+
+def test_prefect_yaml_declares_exactly_the_served_deployments():
+    """prefect.yaml (`prefect deploy --all`) and orchestration.serve must not drift apart."""
+    declared = {
+        entry["name"]: {
+            "entrypoint": entry["entrypoint"],
+            "parameters": entry.get("parameters") or {},
+            "schedules": [declared_schedule(schedule) for schedule in entry.get("schedules") or []],
+            "tags": entry.get("tags") or [],
+            "concurrency_limit": entry.get("concurrency_limit"),
+            "paused": bool(entry.get("paused", False)),
+        }
+        for entry in yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    }
+    assert declared == {deployment.name: as_declared(deployment) for deployment in deployments()}
 
 
 def test_scheduled_deployments_run_in_live_mode_and_never_stage_the_sample():
@@ -103,12 +157,7 @@ def served_deployments(data_dir, tmp_path):
                     names = set()
             yield port
     finally:
-        os.killpg(served.pid, signal.SIGTERM)
-        try:
-            served.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(served.pid, signal.SIGKILL)
-            served.wait(timeout=30)
+        stop_group(served)
 
 
 def wait_for_final_states(flow_run_ids: list, timeout: float = 240) -> list:
@@ -141,14 +190,9 @@ def warehouse_turns(flow_run_ids: list, expected: int, timeout: float = 60) -> l
     return sorted(turns)
 
 
-def commit_lake_events(count: int) -> None:
-    """`count` vehicle events committed to the lake with pyiceberg, as one batch. The lake job's
-    own commits are tested elsewhere; here the lake only has to hold rows for vehicles-hourly."""
-    registry = Registry()
-    registry.sync_seed()
-    table, _ = ensure_tables(catalog(), registry.get("vehicles_events"))
+def synthetic_events(count: int) -> list[dict]:
     start = datetime(2025, 11, 1, tzinfo=UTC)
-    events = [
+    return [
         {
             "vehicle_id": f"{position:04x}",
             "event_time": start + timedelta(minutes=position),
@@ -160,7 +204,40 @@ def commit_lake_events(count: int) -> None:
         }
         for position in range(count)
     ]
+
+
+def commit_lake_events(events: list[dict]) -> None:
+    """Vehicle events committed to the lake with pyiceberg, as one batch. The lake job's own
+    commits are tested elsewhere; here the lake only has to hold rows for vehicles-hourly."""
+    registry = Registry()
+    registry.sync_seed()
+    table, _ = ensure_tables(catalog(), registry.get("vehicles_events"))
     table.append(pa.Table.from_pylist(events, schema=table.schema().as_arrow()))
+
+
+def records_in(path: Path) -> list[dict]:
+    """The records of a vehicle file: a JSON list, or the one list under its single key."""
+    document = json.loads(path.read_bytes())
+    if isinstance(document, list):
+        return document
+    (records,) = document.values()
+    return records
+
+
+def deliver_sample_vehicle_files(incoming: Path) -> dict[str, list[dict]]:
+    """The bundled vehicle files dropped into incoming/; their records per file type, read here."""
+    incoming.mkdir(parents=True, exist_ok=True)
+    delivered: dict[str, list[dict]] = {"vehicles_events": [], "vehicles_status": []}
+    for path in sorted(SAMPLE_DIR.glob("*.json")):
+        shutil.copyfile(path, incoming / path.name)
+        delivered[path.name.rsplit("_", 1)[0]] += records_in(path)
+    return delivered
+
+
+def run_served(name: str) -> None:
+    run = run_deployment(f"elt/{name}", timeout=0)
+    (finished,) = wait_for_final_states([run.id], timeout=400)
+    assert finished.state.is_completed(), finished.state
 
 
 # One target: the turns are Prefect's global concurrency limit, the same whatever the warehouse.
@@ -171,10 +248,12 @@ def test_served_runs_triggered_together_take_turns_in_the_warehouse(data_dir, tm
     site = tmp_path / "site"
     shutil.copytree(PROJECT_ROOT / "data" / "sample" / "football_csv", site)
     monkeypatch.setenv("SOURCES__FOOTBALL_CSV__BASE_URL", str(site))
-    monkeypatch.setenv("SOURCES__FOOTBALL_API__BASE_URL", str(lay_out_api_recordings(tmp_path / "api")))
+    api = lay_out_api_recordings(tmp_path / "api")
+    monkeypatch.setenv("SOURCES__FOOTBALL_API__BASE_URL", str(api))
     monkeypatch.setenv("SOURCES__FOOTBALL_API__SEASON", "2022")  # the season the recordings hold
     monkeypatch.setenv("ELT_TODAY", "2025-03-01")
-    commit_lake_events(40)  # so vehicles-hourly starts writing at once (no files: no Spark)
+    committed = synthetic_events(40)
+    commit_lake_events(committed)  # so vehicles-hourly starts writing at once (no files: no Spark)
     with served_deployments(data_dir, tmp_path) as port:
         assert listens_on_loopback_only(port)  # the Prefect server listens on 127.0.0.1 only
         # Both at the same instant, as at 00:00 on a Saturday (football loads only: no dbt).
@@ -185,6 +264,31 @@ def test_served_runs_triggered_together_take_turns_in_the_warehouse(data_dir, tm
         turns = warehouse_turns([vehicles.id, football.id], expected=5)
         with get_client(sync_client=True) as client:
             assert client.read_global_concurrency_limit_by_name(WAREHOUSE_LIMIT).limit == 1
+
+        hourly_before_files = rows("select count(*), count(distinct vehicle_id) from raw_vehicles.vehicle_events")
+
+        # The next hour, on the same server: vehicle files arrived, and the marts are built after.
+        delivered = deliver_sample_vehicle_files(data_dir / "incoming")
+        run_served("vehicles-hourly")
+        loaded = {
+            "raw_vehicles": rows(
+                "select (select count(*) from raw_vehicles.vehicle_events),"
+                " (select count(*) from raw_vehicles.vehicle_status)"
+            ),
+            "processed": sorted(path.name for path in (data_dir / "processed").rglob("*.json")),
+            "left": sorted(
+                path.name
+                for state in ("incoming", "processing", "failed")
+                for path in (data_dir / state).rglob("*.json")
+            ),
+        }
+        run_served("daily-summary")
+        marts = rows(
+            "select (select count(*) from marts.fct_vehicle_events), (select count(*) from marts.dim_vehicles)"
+        )
+        daily = rows(
+            "select vehicle_id, cast(day as varchar), last_event_time, last_event_type from marts.daily_summary"
+        )
     with socket.socket() as probe:  # the server it started is gone
         assert probe.connect_ex(("127.0.0.1", port)) != 0
 
@@ -200,8 +304,25 @@ def test_served_runs_triggered_together_take_turns_in_the_warehouse(data_dir, tm
     assert rows(
         "select (select count(*) from raw_football_api.competitions), (select count(*) from raw_football_api.teams),"
         " (select count(*) from raw_football_api.matches)"
-    ) == [(13, 38, 306)]
-    assert rows("select count(*), count(distinct vehicle_id) from raw_vehicles.vehicle_events") == [(40, 40)]
+    ) == [api_counts(api)]
+    assert hourly_before_files == [(len(committed), len(committed))]
+
+    # vehicles-hourly really loaded the delivered files: every record, counted from the JSON above
+    # (the bundled files have no defective records), through the lake into the warehouse.
+    events, reports = delivered["vehicles_events"], delivered["vehicles_status"]
+    assert len(good_events(SAMPLE_DIR)) == len(events) > 0
+    assert loaded["raw_vehicles"] == [(len(committed) + len(events), len(reports))]
+    assert loaded["processed"] == sorted(path.name for path in SAMPLE_DIR.glob("*.json"))
+    assert loaded["left"] == []
+    # daily-summary built the vehicle marts from them.
+    every_event = good_events(SAMPLE_DIR) + [{**event, "at": event["event_time"]} for event in committed]
+    vehicles = {record["vehicle_id"] for record in events + reports + committed}
+    assert marts == [
+        (len(committed) + len({event_identity(event) for event in good_events(SAMPLE_DIR)}), len(vehicles))
+    ]
+    assert {(vehicle, day): (moment.astimezone(UTC), kind) for vehicle, day, moment, kind in daily} == (
+        expected_daily_summary(every_event)
+    )
 
 
 def test_backfill_loads_a_season_range_and_is_idempotent(prefect_api, data_dir, tmp_path, monkeypatch):

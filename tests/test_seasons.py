@@ -3,10 +3,6 @@ asked for. Expected codes are written by hand from that rule for fixed dates."""
 
 from __future__ import annotations
 
-import csv
-import os
-import subprocess
-import sys
 from datetime import date
 
 import pytest
@@ -21,7 +17,8 @@ from loaders.seasons import (
     today_utc,
 )
 
-from .conftest import lay_out_as_site, real_csv_files, rows
+from .conftest import lay_out_as_site, matches_in, real_csv_files, rows
+from .processes import run_loaders
 
 pytestmark = pytest.mark.one_target  # season arithmetic and what is requested, not the warehouse
 
@@ -111,35 +108,20 @@ def test_season_range_for_backfills():
         seasons_between(2024, 2019)
 
 
-def matches_in(path) -> int:
-    """Data rows with a date and both teams, counted from the file itself."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return sum(
-            1 for row in csv.DictReader(handle) if row.get("Date") and row.get("HomeTeam") and row.get("AwayTeam")
-        )
-
-
-def run_cli(*args: str, today: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ELT_TODAY": today}
-    return subprocess.run(
-        [sys.executable, "-m", "loaders", *args], env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_the_cli_requests_the_seasons_current_and_previous_resolve_to(data_dir, tmp_path):
     files = {p.name: p for p in real_csv_files()}
     site = lay_out_as_site([files["2324_E0_excel_resaved.csv"], files["2425_E0.csv"]], tmp_path / "site")
     common = ("football-csv", "--divisions", "E0", "--base-url", str(site))
 
     # 30 June 2025 is the last day of 2024/25: current is 2425, previous 2324.
-    first = run_cli(*common, "--seasons", "previous,current", today="2025-06-30")
+    first = run_loaders(*common, "--seasons", "previous,current", ELT_TODAY="2025-06-30")
     assert first.returncode == 0, first.stderr
     assert "football_csv (2324, 2425): 2 loaded, 0 unchanged, 0 not found, 0 failed" in first.stdout
     expected = [("2324", matches_in(site / "2324" / "E0.csv")), ("2425", matches_in(site / "2425" / "E0.csv"))]
     assert rows("select season, count(*) from raw_football.matches group by 1 order by 1") == expected
 
     # 1 July 2025 starts 2025/26: current is 2526 (not on the site), previous 2425 (already loaded).
-    second = run_cli(*common, "--from", "previous", "--to", "current", today="2025-07-01")
+    second = run_loaders(*common, "--from", "previous", "--to", "current", ELT_TODAY="2025-07-01")
     assert second.returncode == 0, second.stderr
     assert "football_csv (2425, 2526): 0 loaded, 1 unchanged, 1 not found, 0 failed" in second.stdout
     assert "2526/E0 not found at " + str(site / "2526" / "E0.csv") in second.stderr
@@ -149,10 +131,10 @@ def test_the_cli_requests_the_seasons_current_and_previous_resolve_to(data_dir, 
 
 
 def test_a_bad_season_token_on_the_cli_is_one_clear_line(data_dir):
-    result = run_cli("football-csv", "--seasons", "latest", "--divisions", "E0", today="2026-07-01")
+    result = run_loaders("football-csv", "--seasons", "latest", "--divisions", "E0", ELT_TODAY="2026-07-01")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: season 'latest' is not a football-data.co.uk season code like '2425' (2024/25), 'current' or 'previous'"
     )
-    api = run_cli("football-api", "--season", "next", today="2026-07-01")
+    api = run_loaders("football-api", "--season", "next", ELT_TODAY="2026-07-01")
     assert api.returncode == 2 and "error: season 'next' is not a start year like 2024" in api.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +18,10 @@ from lake.files import discover, state_dir
 from loaders.vehicles.generate import generate
 from spark_jobs.session import java_home
 
+from .processes import free_port, stop_group
 from .vehicles_helpers import count_files, lake_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_target]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def spark_class_path() -> Path:
@@ -46,16 +39,6 @@ def start_daemon(args: list[str], log: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so stopping it stops the JVM
     )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 def alive_workers(ui_port: int) -> int:
@@ -89,8 +72,8 @@ def cluster(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield master_url
     finally:
-        stop(worker)
-        stop(master)
+        stop_group(worker)
+        stop_group(master)
     assert master.poll() is not None and worker.poll() is not None
 
 
