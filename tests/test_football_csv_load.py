@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from loaders.football_api import football_api
-from loaders.football_csv import FootballCsvError, LoadReport, football_csv
+from loaders.football_csv import FootballCsvError, football_csv, last_run
 from loaders.pipelines import pipeline
 from orchestration.report import export_reports
 
@@ -24,11 +24,12 @@ from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, r
 pytestmark = pytest.mark.integration
 
 
-def load(base_url: str, seasons, divisions, **options) -> LoadReport:
-    report = LoadReport()
-    source = football_csv(seasons=seasons, divisions=divisions, base_url=base_url, report=report, **options)
-    pipeline("football_csv", "raw_football").run(source)
-    return report
+def load(base_url: str, seasons, divisions, **options) -> dict:
+    """Load, then what the run did with each file, as the source state records it (last_run)."""
+    source = football_csv(seasons=seasons, divisions=divisions, base_url=base_url, **options)
+    csv_pipeline = pipeline("football_csv", "raw_football")
+    csv_pipeline.run(source)
+    return last_run(csv_pipeline)
 
 
 def query(sql: str) -> list[tuple]:
@@ -74,7 +75,7 @@ def all_real_files(module_data_dir: Path, tmp_path_factory) -> dict:
 
 
 def test_every_real_file_loads_all_its_rows(all_real_files):
-    assert all(not report.failed and not report.missing for report in all_real_files["reports"])
+    assert all(not report["failed"] and not report["missing"] for report in all_real_files["reports"])
     loaded = dict(
         ((season, division), count)
         for season, division, count in query(
@@ -228,10 +229,10 @@ def test_reloading_unchanged_files_changes_nothing(data_dir, tmp_path):
     first = load(str(site), ["2425"], ["E0"])
     before = query("select count(*), max(_dlt_load_id) from raw_football.matches")
     second = load(str(site), ["2425"], ["E0"])
-    assert first.loaded == ["2425/E0"] and second.unchanged == ["2425/E0"]
+    assert first["loaded"] == ["2425/E0"] and second["unchanged"] == ["2425/E0"]
     assert query("select count(*), max(_dlt_load_id) from raw_football.matches") == before
     forced = load(str(site), ["2425"], ["E0"], force=True)
-    assert forced.loaded == ["2425/E0"]
+    assert forced["loaded"] == ["2425/E0"]
     assert query("select count(*) from raw_football.matches")[0][0] == before[0][0] == 261
 
 
@@ -244,7 +245,7 @@ def test_a_corrected_file_updates_its_matches_in_place(data_dir, tmp_path):
     assert first_match.startswith("E0,16/08/2024,20:00,Man United,Fulham,1,0,H")
     path.write_bytes(text.replace(first_match, first_match.replace("Fulham,1,0,H", "Fulham,2,0,H", 1)).encode())
     report = load(str(site), ["2425"], ["E0"])
-    assert report.loaded == ["2425/E0"]
+    assert report["loaded"] == ["2425/E0"]
     assert query("select count(*) from raw_football.matches")[0][0] == 261
     assert query("select fthg from raw_football.matches where home_team = 'Man United' and away_team = 'Fulham'") == [
         ("2",)
@@ -262,7 +263,7 @@ def test_bad_rows_land_in_the_rejected_table(data_dir, tmp_path):
         b"E1,10/09/2025,Luton,Burnley,1,1,D\n"
     )
     report = load(str(site.parent), ["2425"], ["E1"])
-    assert report.loaded == ["2425/E1"]
+    assert report["loaded"] == ["2425/E1"]
     assert query("select home_team from raw_football.matches") == [("Blackburn",)]
     assert query("select source_line, reason, raw_record from raw_football.rejected_rows order by 1") == [
         (3, "no match date", "E1,,Leeds,Portsmouth,3,3,D"),
@@ -278,12 +279,12 @@ def test_a_broken_file_fails_alone_and_is_kept_in_landing(data_dir, tmp_path):
     site = lay_out_as_site([p for p in real_csv_files() if p.name == "2425_E0.csv"], tmp_path / "site")
     (site / "2425" / "E1.csv").write_bytes(b"<html>Service unavailable</html>\n")
     report = load(str(site), ["2425"], ["E0", "E1"])
-    assert report.loaded == ["2425/E0"]
-    assert "no header row with Date, HomeTeam and AwayTeam" in report.failed["2425/E1"]
+    assert report["loaded"] == ["2425/E0"]
+    assert "no header row with Date, HomeTeam and AwayTeam" in report["failed"]["2425/E1"]
     assert query("select count(*) from raw_football.matches")[0][0] == 261
     assert len(list((data_dir / "landing" / "football_csv" / "2425" / "E1").glob("*.csv"))) == 1
     # Not remembered as loaded: the next run tries it again.
-    assert load(str(site), ["2425"], ["E1"]).failed
+    assert load(str(site), ["2425"], ["E1"])["failed"]
 
 
 def test_unknown_division_is_refused_before_any_load(data_dir):
@@ -340,11 +341,11 @@ def local_site(tmp_path):
 def test_http_unchanged_files_are_not_downloaded_again(data_dir, local_site):
     base_url, requests_seen, _ = local_site
     first = load(base_url, ["2425"], ["E0", "SC0", "E1"])
-    assert first.loaded == ["2425/E0", "2425/SC0"] and first.missing == ["2425/E1"]
+    assert first["loaded"] == ["2425/E0", "2425/SC0"] and first["missing"] == ["2425/E1"]
     assert sorted(status for _, status in requests_seen) == [200, 200, 404]
     requests_seen.clear()
     second = load(base_url, ["2425"], ["E0", "SC0"])
-    assert second.unchanged == ["2425/E0", "2425/SC0"]
+    assert second["unchanged"] == ["2425/E0", "2425/SC0"]
     assert [status for _, status in requests_seen] == [304, 304]
     assert query("select count(*) from raw_football.matches")[0][0] == 261 + 162
     assert query("select count(*) from raw_football.source_files where etag is not null")[0][0] == 2
