@@ -44,18 +44,18 @@ def _football_csv(args: argparse.Namespace) -> int:
         seasons = resolve_season_range(args.start_year, args.end_year)
     base_url = football_csv.LIVE_BASE_URL if args.live else args.base_url
     options = source_options("football_csv", mode, seasons=seasons, divisions=args.divisions, base_url=base_url)
-    report = football_csv.LoadReport()
-    source = football_csv.football_csv(report=report, force=args.force, **options)
+    source = football_csv.football_csv(force=args.force, **options)
     remember_mode(mode)
-    info = pipeline("football_csv", "raw_football").run(source)
-    print(info)
+    load = pipeline("football_csv", "raw_football")
+    print(load.run(source))
+    run = football_csv.last_run(load)
     print(
-        f"football_csv ({', '.join(report.seasons)}): {len(report.loaded)} loaded, {len(report.unchanged)} unchanged, "
-        f"{len(report.missing)} not found, {len(report.failed)} failed"
+        f"football_csv ({', '.join(run['seasons'])}): {len(run['loaded'])} loaded, {len(run['unchanged'])} unchanged, "
+        f"{len(run['missing'])} not found, {len(run['failed'])} failed"
     )
-    for name, reason in report.failed.items():
+    for name, reason in run["failed"].items():
         print(f"  failed {name}: {reason}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return 1 if run["failed"] else 0
 
 
 def _football_api(args: argparse.Namespace) -> int:
@@ -69,12 +69,11 @@ def _football_api(args: argparse.Namespace) -> int:
         base_url=base_url,
         calls_per_minute=args.calls_per_minute,
     )
-    report = football_api.LoadReport()
-    source = football_api.football_api(report=report, **options)
+    source = football_api.football_api(**options)
     remember_mode(mode)
-    info = pipeline("football_api", "raw_football_api").run(source)
-    print(info)
-    print(f"football_api: season {report.season}")
+    load = pipeline("football_api", "raw_football_api")
+    print(load.run(source))
+    print(f"football_api: season {football_api.last_season(load)}")
     return 0
 
 

@@ -51,13 +51,6 @@ class RetryPolicy:
 
 
 @dataclass
-class LoadReport:
-    """What a run asked for, with `current` / `previous` resolved; the CLI and flows print it."""
-
-    season: int | None = None
-
-
-@dataclass
 class Skipped:
     url: str
     status: int
@@ -190,6 +183,12 @@ def _field(body: dict, key: str, url: str) -> list:
 # --- the dlt source --------------------------------------------------------------------------
 
 
+def last_season(load: dlt.Pipeline) -> int | None:
+    """The season (start year) the pipeline's last run of the source asked for, `current` /
+    `previous` resolved, as its source state records it."""
+    return load.state.get("sources", {}).get("football_api", {}).get("season")
+
+
 def resolve_competitions(available: list[dict], wanted: Sequence[str]) -> list[dict]:
     """Competitions by code (PL) or id (2021); unknown ones are an error listing the choices."""
     by_key: dict[str, dict] = {}
@@ -212,7 +211,6 @@ def football_api(
     api_token: str | None = dlt.secrets.value,
     calls_per_minute: int = 10,
     policy: RetryPolicy | None = None,
-    report: LoadReport | None = None,
 ):
     """football-data.org competitions, and for the chosen ones their teams and matches in a season.
 
@@ -223,11 +221,10 @@ def football_api(
         api_token: the X-Auth-Token; required for http(s) base URLs only.
         calls_per_minute: client-side rate limit for http(s) base URLs (0 = none).
         policy: retry and wait bounds.
-        report: filled in with the season the run resolved to.
+
+    The season a run resolved to is kept in the source state; read it with `last_season(pipeline)`.
     """
     season_year = resolve_start_year(season)
-    if report is not None:
-        report.season = season_year
     client = ApiClient(base_url, api_token, calls_per_minute, policy or RetryPolicy())
     listing = client.get("competitions")
     if isinstance(listing, Skipped):
@@ -243,6 +240,7 @@ def football_api(
 
     @dlt.resource(selected=False)
     def season_teams() -> Iterator[tuple[dict, dict] | Skipped]:
+        dlt.current.source_state()["season"] = season_year
         for competition in chosen:
             path, params = f"competitions/{competition['id']}/teams", {"season": season_year}
             body = client.get(path, params)
@@ -251,6 +249,7 @@ def football_api(
 
     @dlt.resource(selected=False)
     def season_matches() -> Iterator[dict | Skipped]:
+        dlt.current.source_state()["season"] = season_year
         for competition in chosen:
             path, params = (
                 f"competitions/{competition.get('code') or competition['id']}/matches",

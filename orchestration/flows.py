@@ -50,34 +50,26 @@ def rows_loaded(load: dlt.Pipeline) -> int:
 def load_football_csv(
     mode: str, seasons: list[str] | None, divisions: list[str] | None, request_delay: float = 0.0
 ) -> dict:
-    from loaders.football_csv import LoadReport, football_csv
+    from loaders.football_csv import football_csv, last_run
 
-    report = LoadReport()
     options = source_options("football_csv", mode, seasons=seasons, divisions=divisions)
     load = pipeline("football_csv", "raw_football")
-    load.run(football_csv(report=report, request_delay=request_delay, **options))
-    if report.failed:
-        get_run_logger().warning("football_csv files that failed (kept in landing/): %s", report.failed)
-    return {
-        "seasons": report.seasons,
-        "loaded": report.loaded,
-        "unchanged": report.unchanged,
-        "missing": report.missing,
-        "failed": report.failed,
-        "rows": rows_loaded(load),
-    }
+    load.run(football_csv(request_delay=request_delay, **options))
+    run = last_run(load)
+    if run["failed"]:
+        get_run_logger().warning("football_csv files that failed (kept in landing/): %s", run["failed"])
+    return {**run, "rows": rows_loaded(load)}
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
 @writes_to_warehouse
 def load_football_api(mode: str, competitions: list[str] | None, season: int | str | None) -> dict:
-    from loaders.football_api import LoadReport, football_api
+    from loaders.football_api import football_api, last_season
 
-    report = LoadReport()
     options = source_options("football_api", mode, competitions=competitions, season=season)
     load = pipeline("football_api", "raw_football_api")
-    load.run(football_api(report=report, **options))
-    return {"season": report.season, "rows": rows_loaded(load)}
+    load.run(football_api(**options))
+    return {"season": last_season(load), "rows": rows_loaded(load)}
 
 
 @task

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import os
 import re
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from loaders.football_api import football_api
-from loaders.football_csv import FootballCsvError, LoadReport, football_csv
+from loaders.football_csv import FootballCsvError, football_csv, last_run
 from loaders.pipelines import pipeline
 from orchestration.report import export_reports
 
@@ -24,11 +28,12 @@ from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, r
 pytestmark = pytest.mark.integration
 
 
-def load(base_url: str, seasons, divisions, **options) -> LoadReport:
-    report = LoadReport()
-    source = football_csv(seasons=seasons, divisions=divisions, base_url=base_url, report=report, **options)
-    pipeline("football_csv", "raw_football").run(source)
-    return report
+def load(base_url: str, seasons, divisions, **options) -> dict:
+    """Load, then what the run did with each file, as the source state records it (last_run)."""
+    source = football_csv(seasons=seasons, divisions=divisions, base_url=base_url, **options)
+    csv_pipeline = pipeline("football_csv", "raw_football")
+    csv_pipeline.run(source)
+    return last_run(csv_pipeline)
 
 
 def query(sql: str) -> list[tuple]:
@@ -39,6 +44,40 @@ def data_lines(path: Path) -> int:
     """Independent count: lines after the header that are not made only of commas."""
     text = path.read_bytes().decode("utf-8-sig")
     return sum(1 for line in text.splitlines()[1:] if line.strip(", \t"))
+
+
+def csv_records(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the records after it, read with the csv module (not the loader's code)."""
+    header, *records = csv.reader(io.StringIO(path.read_bytes().decode("utf-8-sig"), newline=""))
+    return header, records
+
+
+def match_rows(path: Path) -> int:
+    """Independent count of the rows that can be matches: a date, a home and an away team."""
+    header, records = csv_records(path)
+    needed = [header.index(name) for name in ("Date", "HomeTeam", "AwayTeam")]
+    return sum(1 for fields in records if all(len(fields) > at and fields[at].strip() for at in needed))
+
+
+def blank_records(path: Path) -> int:
+    """Records that are empty or made only of commas (spreadsheet leftovers)."""
+    return sum(1 for fields in csv_records(path)[1] if not any(value.strip() for value in fields))
+
+
+def ragged_rows(path: Path) -> dict[str, int]:
+    """Non-blank records with fewer fields than the header, and with non-empty fields beyond it."""
+    header, records = csv_records(path)
+    counts = {"missing_fields": 0, "extra_fields": 0}
+    for fields in records:
+        if not any(value.strip() for value in fields):
+            continue
+        counts["missing_fields"] += len(fields) < len(header)
+        counts["extra_fields"] += any(value.strip() for value in fields[len(header) :])
+    return {code: count for code, count in counts.items() if count}
+
+
+def real_file(name: str) -> Path:
+    return next(path for path in real_csv_files() if path.name == name)
 
 
 def expected_table(path: Path) -> dict[str, tuple[int, int, int]]:
@@ -72,7 +111,7 @@ def all_real_files(module_data_dir: Path, tmp_path_factory) -> dict:
 
 
 def test_every_real_file_loads_all_its_rows(all_real_files):
-    assert all(not report.failed and not report.missing for report in all_real_files["reports"])
+    assert all(not report["failed"] and not report["missing"] for report in all_real_files["reports"])
     loaded = dict(
         ((season, division), count)
         for season, division, count in query(
@@ -80,7 +119,7 @@ def test_every_real_file_loads_all_its_rows(all_real_files):
         )
     )
     for path in all_real_files["files"]:
-        assert loaded[season_and_division(path)] == data_lines(path), path.name
+        assert loaded[season_and_division(path)] == match_rows(path) == data_lines(path), path.name
     # None of the real files has an unusable row; the rejected-rows table is only made when
     # one appears (see test_bad_rows_land_in_the_rejected_table).
     tables = {name for (name,) in query("select table_name from information_schema.tables")}
@@ -89,9 +128,15 @@ def test_every_real_file_loads_all_its_rows(all_real_files):
 
 def test_ragged_rows_are_padded_and_recorded(all_real_files):
     warnings = query("select season, division, warning_code, count(*) from raw_football.row_warnings group by 1, 2, 3")
-    # 0102_E0 has 6 rows with 45 of its 48 header fields (quoted commas in referee names are
-    # not extra fields).
-    assert warnings == [("0102", "E0", "missing_fields", 6)]
+    expected = [
+        (*season_and_division(path), code, count)
+        for path in all_real_files["files"]
+        for code, count in ragged_rows(path).items()
+    ]
+    assert sorted(warnings) == sorted(expected)
+    # 0102_E0 has rows with 45 of its 48 header fields (quoted commas in referee names are not
+    # extra fields): the one ragged file among the real ones.
+    assert [row[:3] for row in expected] == [("0102", "E0", "missing_fields")]
 
 
 def test_the_ledger_accounts_for_every_row_and_the_raw_bytes_are_archived(all_real_files):
@@ -107,7 +152,8 @@ def test_the_ledger_accounts_for_every_row_and_the_raw_bytes_are_archived(all_re
         assert sha256 == hashlib.sha256(raw).hexdigest()
         assert Path(landing_path).read_bytes() == raw
         assert loaded_rows + rejected == data_rows == data_lines(path)
-    assert by_key[("1415", "E0")][5] == 1  # the trailing all-comma row
+        assert blank_rows == blank_records(path), path.name
+    assert by_key[("1415", "E0")][5] > 0  # its trailing all-comma row: blank rows are exercised
 
 
 def test_dates_times_and_odd_headers_land_typed_and_named_safely(all_real_files):
@@ -226,11 +272,12 @@ def test_reloading_unchanged_files_changes_nothing(data_dir, tmp_path):
     first = load(str(site), ["2425"], ["E0"])
     before = query("select count(*), max(_dlt_load_id) from raw_football.matches")
     second = load(str(site), ["2425"], ["E0"])
-    assert first.loaded == ["2425/E0"] and second.unchanged == ["2425/E0"]
+    assert first["loaded"] == ["2425/E0"] and second["unchanged"] == ["2425/E0"]
     assert query("select count(*), max(_dlt_load_id) from raw_football.matches") == before
     forced = load(str(site), ["2425"], ["E0"], force=True)
-    assert forced.loaded == ["2425/E0"]
-    assert query("select count(*) from raw_football.matches")[0][0] == before[0][0] == 261
+    assert forced["loaded"] == ["2425/E0"]
+    expected = match_rows(site / "2425" / "E0.csv")
+    assert query("select count(*) from raw_football.matches")[0][0] == before[0][0] == expected
 
 
 def test_a_corrected_file_updates_its_matches_in_place(data_dir, tmp_path):
@@ -242,8 +289,8 @@ def test_a_corrected_file_updates_its_matches_in_place(data_dir, tmp_path):
     assert first_match.startswith("E0,16/08/2024,20:00,Man United,Fulham,1,0,H")
     path.write_bytes(text.replace(first_match, first_match.replace("Fulham,1,0,H", "Fulham,2,0,H", 1)).encode())
     report = load(str(site), ["2425"], ["E0"])
-    assert report.loaded == ["2425/E0"]
-    assert query("select count(*) from raw_football.matches")[0][0] == 261
+    assert report["loaded"] == ["2425/E0"]
+    assert query("select count(*) from raw_football.matches")[0][0] == match_rows(path)
     assert query("select fthg from raw_football.matches where home_team = 'Man United' and away_team = 'Fulham'") == [
         ("2",)
     ]
@@ -260,7 +307,7 @@ def test_bad_rows_land_in_the_rejected_table(data_dir, tmp_path):
         b"E1,10/09/2025,Luton,Burnley,1,1,D\n"
     )
     report = load(str(site.parent), ["2425"], ["E1"])
-    assert report.loaded == ["2425/E1"]
+    assert report["loaded"] == ["2425/E1"]
     assert query("select home_team from raw_football.matches") == [("Blackburn",)]
     assert query("select source_line, reason, raw_record from raw_football.rejected_rows order by 1") == [
         (3, "no match date", "E1,,Leeds,Portsmouth,3,3,D"),
@@ -276,12 +323,12 @@ def test_a_broken_file_fails_alone_and_is_kept_in_landing(data_dir, tmp_path):
     site = lay_out_as_site([p for p in real_csv_files() if p.name == "2425_E0.csv"], tmp_path / "site")
     (site / "2425" / "E1.csv").write_bytes(b"<html>Service unavailable</html>\n")
     report = load(str(site), ["2425"], ["E0", "E1"])
-    assert report.loaded == ["2425/E0"]
-    assert "no header row with Date, HomeTeam and AwayTeam" in report.failed["2425/E1"]
-    assert query("select count(*) from raw_football.matches")[0][0] == 261
+    assert report["loaded"] == ["2425/E0"]
+    assert "no header row with Date, HomeTeam and AwayTeam" in report["failed"]["2425/E1"]
+    assert query("select count(*) from raw_football.matches")[0][0] == match_rows(site / "2425" / "E0.csv")
     assert len(list((data_dir / "landing" / "football_csv" / "2425" / "E1").glob("*.csv"))) == 1
     # Not remembered as loaded: the next run tries it again.
-    assert load(str(site), ["2425"], ["E1"]).failed
+    assert load(str(site), ["2425"], ["E1"])["failed"]
 
 
 def test_unknown_division_is_refused_before_any_load(data_dir):
@@ -290,29 +337,52 @@ def test_unknown_division_is_refused_before_any_load(data_dir):
 
 
 class _SiteHandler(BaseHTTPRequestHandler):
-    """Serves a folder like football-data.co.uk: ETag and Last-Modified, 304s, 404s."""
+    """Serves a folder like football-data.co.uk: Last-Modified (the file's mtime) and, unless
+    `send_etag` is off, an ETag; answers 304 to If-None-Match, or when there is none to
+    If-Modified-Since (RFC 9110 §13.2.2); 404s. Logs each request with its validators."""
 
     root: Path
-    log: list[tuple[str, int]]
+    send_etag: bool
+    log: list[dict]
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         path = self.root / self.path.lstrip("/").removeprefix("mmz4281/")
         if not path.is_file():
-            self._reply(404, b"not found")
+            self._reply(404, b"not found", {})
             return
         body = path.read_bytes()
-        etag = f'"{hashlib.md5(body).hexdigest()}"'
-        if self.headers.get("If-None-Match") == etag:
-            self._reply(304, b"", etag)
+        modified = int(path.stat().st_mtime)
+        validators = {"Last-Modified": formatdate(modified, usegmt=True)}
+        if self.send_etag:
+            validators["ETag"] = f'"{hashlib.md5(body).hexdigest()}"'
+        if self._not_modified(validators.get("ETag"), modified):
+            self._reply(304, b"", validators)
             return
-        self._reply(200, body, etag)
+        self._reply(200, body, validators)
 
-    def _reply(self, status: int, body: bytes, etag: str | None = None):
-        self.log.append((self.path, status))
+    def _not_modified(self, etag: str | None, modified: int) -> bool:
+        if (asked := self.headers.get("If-None-Match")) is not None:
+            return asked == etag
+        if (since := self.headers.get("If-Modified-Since")) is not None:
+            try:
+                return modified <= parsedate_to_datetime(since).timestamp()
+            except (TypeError, ValueError):
+                return False  # an unreadable date is ignored, as the RFC says
+        return False
+
+    def _reply(self, status: int, body: bytes, validators: dict[str, str]):
+        self.log.append(
+            {
+                "path": self.path,
+                "status": status,
+                "if_none_match": self.headers.get("If-None-Match"),
+                "if_modified_since": self.headers.get("If-Modified-Since"),
+                "last_modified": validators.get("Last-Modified"),
+            }
+        )
         self.send_response(status)
-        if etag:
-            self.send_header("ETag", etag)
-            self.send_header("Last-Modified", "Sun, 23 Feb 2025 10:00:00 GMT")
+        for name, value in validators.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -321,28 +391,67 @@ class _SiteHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def local_site(tmp_path):
-    site = lay_out_as_site(
-        [p for p in real_csv_files() if p.name in ("2425_E0.csv", "2425_SC0.csv")], tmp_path / "site"
-    )
-    handler = type("Handler", (_SiteHandler,), {"root": site, "log": []})
+@contextlib.contextmanager
+def serving(site: Path, send_etag: bool) -> Iterator[tuple[str, list[dict]]]:
+    handler = type("Handler", (_SiteHandler,), {"root": site, "send_etag": send_etag, "log": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/mmz4281", handler.log, site
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/mmz4281", handler.log
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def local_site(tmp_path):
+    site = lay_out_as_site([real_file("2425_E0.csv"), real_file("2425_SC0.csv")], tmp_path / "site")
+    with serving(site, send_etag=True) as (base_url, log):
+        yield base_url, log, site
 
 
 def test_http_unchanged_files_are_not_downloaded_again(data_dir, local_site):
-    base_url, requests_seen, _ = local_site
+    base_url, requests_seen, site = local_site
     first = load(base_url, ["2425"], ["E0", "SC0", "E1"])
-    assert first.loaded == ["2425/E0", "2425/SC0"] and first.missing == ["2425/E1"]
-    assert sorted(status for _, status in requests_seen) == [200, 200, 404]
+    assert first["loaded"] == ["2425/E0", "2425/SC0"] and first["missing"] == ["2425/E1"]
+    assert sorted(request["status"] for request in requests_seen) == [200, 200, 404]
     requests_seen.clear()
     second = load(base_url, ["2425"], ["E0", "SC0"])
-    assert second.unchanged == ["2425/E0", "2425/SC0"]
-    assert [status for _, status in requests_seen] == [304, 304]
-    assert query("select count(*) from raw_football.matches")[0][0] == 261 + 162
+    assert second["unchanged"] == ["2425/E0", "2425/SC0"]
+    assert [request["status"] for request in requests_seen] == [304, 304]
+    assert all(request["if_none_match"] for request in requests_seen)
+    expected = match_rows(site / "2425" / "E0.csv") + match_rows(site / "2425" / "SC0.csv")
+    assert query("select count(*) from raw_football.matches")[0][0] == expected
     assert query("select count(*) from raw_football.source_files where etag is not null")[0][0] == 2
+
+
+def test_http_last_modified_alone_makes_the_request_conditional(data_dir, tmp_path):
+    """A server that sends no ETag: the stored Last-Modified goes back as If-Modified-Since."""
+    site = lay_out_as_site([real_file("2425_E0.csv")], tmp_path / "site")
+    path = site / "2425" / "E0.csv"
+    with serving(site, send_etag=False) as (base_url, requests_seen):
+        assert load(base_url, ["2425"], ["E0"])["loaded"] == ["2425/E0"]
+        [(etag, stored)] = query("select etag, last_modified from raw_football.source_files")
+        assert etag is None and stored == requests_seen[0]["last_modified"]
+        requests_seen.clear()
+
+        assert load(base_url, ["2425"], ["E0"])["unchanged"] == ["2425/E0"]
+        [request] = requests_seen
+        assert (request["if_none_match"], request["if_modified_since"], request["status"]) == (None, stored, 304)
+        requests_seen.clear()
+
+        text = path.read_bytes().decode("utf-8-sig")
+        first_match = text.splitlines()[1]
+        path.write_bytes(text.replace(first_match, first_match.replace("Fulham,1,0,H", "Fulham,3,0,H", 1)).encode())
+        later = path.stat().st_mtime + 3600
+        os.utime(path, (later, later))
+        assert load(base_url, ["2425"], ["E0"])["loaded"] == ["2425/E0"]
+        [request] = requests_seen
+        assert (request["if_modified_since"], request["status"]) == (stored, 200)
+        assert parsedate_to_datetime(request["last_modified"]) > parsedate_to_datetime(stored)
+    assert query("select last_modified from raw_football.source_files") == [(request["last_modified"],)]
+    assert query("select fthg from raw_football.matches where home_team = 'Man United' and away_team = 'Fulham'") == [
+        ("3",)
+    ]
+    assert query("select count(*) from raw_football.matches")[0][0] == match_rows(path)

@@ -8,7 +8,7 @@ from datetime import date, time
 
 import pytest
 
-from loaders.football_csv import (
+from loaders.football_csv.parsing import (
     FootballCsvError,
     decode,
     normalise_headers,
