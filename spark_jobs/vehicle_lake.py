@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 from core.settings import data_dir_or_exit
 from lake import files as lifecycle
 from lake.catalog import catalog
-from lake.registry import Field, FileType, Registry
+from lake.registry import DEFAULT_MAX_FILE_BYTES, Field, FileType, Registry
 from spark_jobs.lake_commit import (
     commit_batch,
     committed_files,
@@ -40,7 +40,6 @@ from spark_jobs.lake_commit import (
 from spark_jobs.session import spark_session
 
 log = logging.getLogger("spark_jobs.vehicle_lake")
-DEFAULT_MAX_FILE_BYTES = 64 << 20
 
 SPARK_TYPES = {"string": "string", "json": "string", "long": "bigint", "double": "double", "boolean": "boolean"}
 
