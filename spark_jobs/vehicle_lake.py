@@ -84,10 +84,11 @@ def _typed(value, f: Field):
 
 
 def _problems(record, file_type: FileType):
-    """One reason per broken rule, joined with '; ' (empty when the record is valid)."""
+    """One reason per broken rule, joined with '; ' (empty when the record is valid); a record
+    that is not an object has that one reason, not one per field as well."""
     from pyspark.sql import functions as F
 
-    checks = [F.when(record.isNull(), F.lit("record is not a JSON object"))]
+    checks = []
     for f in file_type.fields:
         value = _value(record, f)
         if not f.nullable:
@@ -113,7 +114,7 @@ def _problems(record, file_type: FileType):
                     F.concat(F.lit(f"{f.name} "), value, F.lit(f" is not one of {', '.join(f.allowed)}")),
                 )
             )
-    return F.concat_ws("; ", *checks)
+    return F.when(record.isNull(), F.lit("record is not a JSON object")).otherwise(F.concat_ws("; ", *checks))
 
 
 def _parse_files(spark, file_type: FileType, paths: list[Path]):
