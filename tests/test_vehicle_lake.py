@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import duckdb
 import pytest
+from pyiceberg.exceptions import NoSuchTableError
 
 from lake.catalog import NAMESPACE, catalog
 from lake.files import discover, state_dir
@@ -239,24 +242,68 @@ def test_a_new_file_type_is_processed_after_activation_with_no_code_change(data_
 LAKE_JOB = [sys.executable, "-m", "spark_jobs.vehicle_lake"]
 
 
+def ledger(table_name: str) -> set[str]:
+    """The files a table has committed; none before the job has created it."""
+    try:
+        return committed_files(table(table_name))
+    except NoSuchTableError:
+        return set()
+
+
+def jvm_in_group(group: int) -> bool:
+    """A java process in the job's process group: the driver has launched Spark's JVM."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            name, after_name = fields[0].split("(", 1)[1], fields[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended mid-read
+        if name == "java" and int(after_name[2]) == group:
+            return True
+    return False
+
+
 # One target: the kills fall before any catalog commit, and the lake job never opens the warehouse.
 @pytest.mark.one_target
 def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir):
+    """Three runs, each SIGKILLed at one point (README: JVM start, Parquet write, before the
+    commit); each must be reached, and the state the kill leaves is checked as it is."""
     manifest = generate(state_dir("incoming"), files=8, events_per_file=1500, seed=21, quirks=True)
     discover()
+    waiting = {path.name for path in state_dir("processing", "vehicles_events").glob("*.json")}
     events_data = data_dir / "lake" / NAMESPACE / "vehicle_events" / "data"
+
+    def batch_folders() -> set[Path]:
+        return set(events_data.glob("batch_id=*"))
+
+    def parquet_in(folders: set[Path], pattern: str) -> list[Path]:
+        return [path for folder in folders for path in folder.glob(pattern)]
+
+    # kill point -> (reached, given the job and the batch folders that existed before it started)
     kill_points = {
-        "JVM starting": lambda: time.monotonic() - started > 1.5,
-        "Parquet being written": lambda: any(events_data.glob("batch_id=*/_temporary")),
-        "Parquet written, not yet committed": lambda: any(events_data.glob("batch_id=*/*/*.parquet")),
+        "JVM starting": lambda job, old: jvm_in_group(job.pid) and not batch_folders() - old,
+        "Parquet being written": lambda job, old: parquet_in(batch_folders() - old, "_temporary/**/*.parquet"),
+        "Parquet written, not yet committed": lambda job, old: any(
+            (folder / "_SUCCESS").exists() for folder in batch_folders() - old
+        ),
     }
-    killed = []
-    for name, condition in kill_points.items():
-        started = time.monotonic()
-        if kill_when(start(LAKE_JOB), condition):
-            killed.append(name)
-    print(f"killed at: {killed}")
-    assert "JVM starting" in killed and "Parquet being written" in killed, killed
+    for name, reached in kill_points.items():
+        old = batch_folders()
+        job = start(LAKE_JOB)
+        assert kill_when(job, partial(reached, job, old)), f"the lake job ended before '{name}'"
+        assert job.returncode == -signal.SIGKILL, (name, job.returncode)
+        new = batch_folders() - old
+        # At the moment of the kill: nothing committed, every file still waiting in processing/.
+        assert not ledger("vehicle_events") and not ledger("vehicle_events_rejected"), name
+        assert {path.name for path in state_dir("processing", "vehicles_events").glob("*.json")} == waiting
+        written = parquet_in(new, "day=*/*.parquet")
+        if name == "JVM starting":
+            assert not new, name
+        elif name == "Parquet being written":
+            assert len(new) == 1 and not written and not parquet_in(new, "_SUCCESS"), name
+        else:
+            assert len(new) == 1 and written, "no Parquet written at the kill point"
+            assert table("vehicle_events").current_snapshot() is None, "Parquet committed before the kill"
     assert start(LAKE_JOB).wait(timeout=300) == 0
 
     assert len(lake_rows("vehicle_events")) == manifest.good["vehicles_events"]
