@@ -139,6 +139,7 @@ def measured_discover() -> tuple[subprocess.CompletedProcess, int]:
     return result, int(result.stderr.rsplit("peak_rss_kib=", 1)[1].split()[0]) * 1024
 
 
+@pytest.mark.one_target  # discovery never opens the warehouse
 def test_a_200_mb_single_line_file_of_a_new_type_is_refused_before_its_schema_is_inferred(data_dir):
     incoming = state_dir("incoming")
     small = "vehicles_trips_20251201010000.json"  # sorted after the huge one: discovered second

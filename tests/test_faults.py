@@ -71,8 +71,16 @@ def test_sigkill_during_dbt_build_then_rerun_ends_with_the_right_marts(lake_batc
     log.write_text("")
     dbt = [str(Path(sys.executable).parent / "dbt"), "build", "--select", VEHICLE_MODELS]
     dbt += ["--target-path", str(data_dir / "dbt_target"), "--log-path", str(data_dir / "dbt_logs")]
+    run_results = data_dir / "dbt_target" / "run_results.json"
+    run_results.unlink(missing_ok=True)
     mid_build = lambda: "model marts.fct_vehicle_events" in log.read_text(errors="replace")  # noqa: E731
-    kill_when(start(dbt), mid_build)
+    build = start(dbt)
+    assert kill_when(build, mid_build), "dbt finished before fct_vehicle_events started: nothing was killed"
+    assert build.returncode == -signal.SIGKILL
+    # Killed mid-build: the fact model had started, its downstream mart was never built and dbt
+    # never got to write its results.
+    assert "Finished running" not in log.read_text(errors="replace") and not run_results.exists()
+    assert "daily_summary" not in tables_in("marts")
     run_dbt("build", "--select", VEHICLE_MODELS, data_dir=data_dir)
 
     processed = state_dir("processed", "vehicles_events")
