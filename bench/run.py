@@ -288,8 +288,13 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
 
     full = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
     one_hour = work / "one_more_hour"
-    extra = generate(
-        one_hour, files=1, events_per_file=events // files, seed=seed + 1, start=START + timedelta(hours=files)
+    extra = generate(  # the same fleet's next hour: it touches vehicle-days the full build made
+        one_hour,
+        files=1,
+        events_per_file=events // files,
+        seed=seed + 1,
+        fleet_seed=seed,
+        start=START + timedelta(hours=files),
     )
     stage(one_hour, data_dir / "incoming")
     for command in (

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.settings import PROJECT_ROOT, data_dir
-from lake.registry import IDENTIFIER, Registry, RegistryError, infer_file_type
+from lake.registry import DEFAULT_MAX_FILE_BYTES, IDENTIFIER, Registry, RegistryError, infer_file_type
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,11 @@ def discover(registry: Registry | None = None) -> DiscoveryReport:
 
 
 def _infer(path: Path, file_type: str):
+    # Refused before it is read, as the lake job refuses a known type's file: the type it
+    # would register gets DEFAULT_MAX_FILE_BYTES, so the job would never read this file anyway,
+    # and a prefix of one JSON document is not a document json can parse.
+    if (size := path.stat().st_size) > (limit := DEFAULT_MAX_FILE_BYTES):
+        raise RegistryError(f"{path.name} is {size} bytes, larger than max_file_bytes={limit}; not read")
     try:
         document = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

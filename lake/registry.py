@@ -25,6 +25,9 @@ from lake.identifiers import IDENTIFIER, RegistryError, validate_identifier
 SEED = Path(__file__).with_name("file_types.yml")
 FIELD_TYPES = ("string", "long", "double", "boolean", "timestamp", "json")
 STATUSES = ("active", "inactive")
+# A file larger than its type's processing.max_file_bytes is never read (the lake job reads a
+# file as one value); a type without the setting, or not yet registered, gets this one.
+DEFAULT_MAX_FILE_BYTES = 64 << 20
 # Lake lineage columns added to every table; a registry field may not use these names.
 LINEAGE_COLUMNS = ("source_file", "source_position", "batch_id", "ingested_at")
 

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 from core.settings import data_dir_or_exit
 from lake import files as lifecycle
 from lake.catalog import catalog
-from lake.registry import Field, FileType, Registry
+from lake.registry import DEFAULT_MAX_FILE_BYTES, Field, FileType, Registry
 from spark_jobs.lake_commit import (
     commit_batch,
     committed_files,
@@ -40,7 +40,6 @@ from spark_jobs.lake_commit import (
 from spark_jobs.session import spark_session
 
 log = logging.getLogger("spark_jobs.vehicle_lake")
-DEFAULT_MAX_FILE_BYTES = 64 << 20
 
 SPARK_TYPES = {"string": "string", "json": "string", "long": "bigint", "double": "double", "boolean": "boolean"}
 
@@ -85,10 +84,11 @@ def _typed(value, f: Field):
 
 
 def _problems(record, file_type: FileType):
-    """One reason per broken rule, joined with '; ' (empty when the record is valid)."""
+    """One reason per broken rule, joined with '; ' (empty when the record is valid); a record
+    that is not an object has that one reason, not one per field as well."""
     from pyspark.sql import functions as F
 
-    checks = [F.when(record.isNull(), F.lit("record is not a JSON object"))]
+    checks = []
     for f in file_type.fields:
         value = _value(record, f)
         if not f.nullable:
@@ -114,7 +114,7 @@ def _problems(record, file_type: FileType):
                     F.concat(F.lit(f"{f.name} "), value, F.lit(f" is not one of {', '.join(f.allowed)}")),
                 )
             )
-    return F.concat_ws("; ", *checks)
+    return F.when(record.isNull(), F.lit("record is not a JSON object")).otherwise(F.concat_ws("; ", *checks))
 
 
 def _parse_files(spark, file_type: FileType, paths: list[Path]):

@@ -124,3 +124,36 @@ def test_a_200_mb_single_line_vehicle_file_fails_before_spark_reads_it(data_dir)
     assert reports["vehicles_events"].failed_files == {huge: f"file larger than max_file_bytes={64 << 20}"}
     assert error_of("vehicles_events", huge)["reason"] == f"file larger than max_file_bytes={64 << 20}"
     assert len(reports["vehicles_events"].committed_files) == 1  # the good file of the batch still loads
+
+
+def measured_discover() -> tuple[subprocess.CompletedProcess, int]:
+    """`loaders vehicles discover`, and its own peak RSS in bytes."""
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURED_CLI, "vehicles", "discover"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result, int(result.stderr.rsplit("peak_rss_kib=", 1)[1].split()[0]) * 1024
+
+
+@pytest.mark.one_target  # discovery never opens the warehouse
+def test_a_200_mb_single_line_file_of_a_new_type_is_refused_before_its_schema_is_inferred(data_dir):
+    incoming = state_dir("incoming")
+    small = "vehicles_trips_20251201010000.json"  # sorted after the huge one: discovered second
+    write_single_line(incoming / "vehicles_notes_20251201000000.json", 200, b'[{"vehicle_id": "', b'"}]')
+    _, baseline = measured_discover()  # a new type from a small file: inferred and registered
+    assert Registry().find("vehicles_notes") is not None
+    huge = "vehicles_trips_20251201000000.json"
+    write_single_line(incoming / huge, HUGE, head=b'{"vehicles_trips": [{"vehicle_id": "', tail=b'"}]}')
+    write_single_line(incoming / small, 200, b'[{"vehicle_id": "', b'"}]')
+    _, peak = measured_discover()
+    assert peak < baseline + HUGE / 4, (peak, baseline)  # the file was never in memory
+    error = error_of("vehicles_trips", huge)
+    assert error["reason"] == "cannot infer a schema for a new file type"
+    assert error["detail"] == f"{huge} is {HUGE} bytes, larger than max_file_bytes={64 << 20}; not read"
+    # The type is registered from its next small file; the huge one stays in failed/ with its reason.
+    assert Registry().find("vehicles_trips") is not None
+    assert [p.name for p in state_dir("pending", "vehicles_trips").iterdir()] == [small]

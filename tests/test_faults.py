@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
 from lake.catalog import NAMESPACE, catalog
 from lake.files import discover, state_dir
 from loaders.vehicles.generate import generate
 from spark_jobs.lake_commit import committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
-from .conftest import lay_out_as_site, real_csv_files, rows, run_dbt, tables_in
+from .conftest import QUIET_TOOLS, lay_out_as_site, real_csv_files, rows, run_dbt, tables_in
 from .iceberg_commit_faults import KILL_POINTS, REJECTED_TABLE, TABLE
 from .processes import any_file, kill_when, start, stop_group
 from .test_vehicle_lake import event_identity, summary
@@ -62,15 +63,31 @@ def test_sigkill_during_the_lake_to_warehouse_load_then_rerun_loads_each_row_onc
         assert distinct == [(expected,)], f"{table}: a row loaded twice"
 
 
-def test_sigkill_during_dbt_build_then_rerun_ends_with_the_right_marts(lake_batch):
+def test_sigkill_during_dbt_build_then_rerun_ends_with_the_right_marts(lake_batch, monkeypatch):
     data_dir = lake_batch["data_dir"]
+    # The environment run_dbt gives dbt (without it dbt exits 2 at once and nothing is killed).
+    dbt_dirs = {"DBT_PROJECT_DIR": DBT_PROJECT_DIR, "DBT_PROFILES_DIR": DBT_PROFILES_DIR, "ELT_DATA_DIR": data_dir}
+    for name, value in {**QUIET_TOOLS, **dbt_dirs}.items():
+        monkeypatch.setenv(name, str(value))
     log = data_dir / "dbt_logs" / "dbt.log"
     log.parent.mkdir(exist_ok=True)
     log.write_text("")
     dbt = [str(Path(sys.executable).parent / "dbt"), "build", "--selector", "vehicles"]
     dbt += ["--target-path", str(data_dir / "dbt_target"), "--log-path", str(data_dir / "dbt_logs")]
+    run_results = data_dir / "dbt_target" / "run_results.json"
+    run_results.unlink(missing_ok=True)
     mid_build = lambda: "model marts.fct_vehicle_events" in log.read_text(errors="replace")  # noqa: E731
-    kill_when(start(dbt), mid_build)
+    subprocess.run([sys.executable, "-m", "loaders", "vehicles", "load"], check=True, timeout=300)  # the sources
+    build = start(dbt)
+    assert kill_when(build, mid_build), (
+        f"dbt ended (exit {build.returncode}) before fct_vehicle_events started:\n"
+        + (log.read_text(errors="replace")[-3000:])
+    )
+    assert build.returncode == -signal.SIGKILL
+    # Killed mid-build: the fact model had started, its downstream mart was never built and dbt
+    # never got to write its results.
+    assert "Done. PASS=" not in log.read_text(errors="replace") and not run_results.exists()
+    assert "daily_summary" not in tables_in("marts")
     run_dbt("build", "--selector", "vehicles", data_dir=data_dir)
 
     processed = state_dir("processed", "vehicles_events")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import duckdb
 import pytest
+from pyiceberg.exceptions import NoSuchTableError
 
 from lake.catalog import NAMESPACE, catalog
 from lake.files import discover, state_dir
@@ -64,14 +67,26 @@ def test_every_good_record_lands_and_every_bad_one_is_rejected_with_its_reason(q
         ("vehicle_status_rejected", "vehicles_status"),
     ):
         rejected = lake_rows(table_name)
-        assert len(rejected) == len(manifest.rejected[file_type]) > 0
-        assert all(row["reason"].startswith("vehicle_id does not match ^[0-9a-fA-F]+$: VH-") for row in rejected)
-        assert all(json.loads(row["raw_record"])["vehicle_id"].startswith("VH-") for row in rejected)
+        # Exact reasons, as the generator states them: one record breaks each rule kind.
+        assert Counter(row["reason"] for row in rejected) == Counter(manifest.rejected[file_type])
+        reasons = " ".join(manifest.rejected[file_type])
+        assert all(kind in reasons for kind in RULE_KINDS), [k for k in RULE_KINDS if k not in reasons]
+        for row in rejected:  # the raw payload is kept
+            raw = json.loads(row["raw_record"])
+            if row["reason"] == "record is not a JSON object":
+                assert raw is None
+            elif "does not match" in row["reason"]:
+                assert row["reason"].startswith(f"vehicle_id does not match ^[0-9a-fA-F]+$: {raw['vehicle_id']}")
         assert all(row["source_file"].startswith(file_type) and row["source_position"] >= 0 for row in rejected)
     # The misspelled key still delivers the extra data; naive and millisecond times are parsed.
     events = lake_rows("vehicle_events")
     assert all(row["event_extra_data"] and json.loads(row["event_extra_data"])["location"] for row in events)
     assert any(row["event_time"].microsecond for row in events)
+
+
+# Every kind of rule a registry field can carry (nullable, type, pattern, allowed), and a record
+# that is not an object at all.
+RULE_KINDS = ("is missing", "is not a timestamp: ", "does not match ", "is not one of ", "record is not a JSON object")
 
 
 def test_bad_files_go_to_failed_with_a_reason_and_nothing_is_lost(quirky):
@@ -150,28 +165,31 @@ def test_dbt_daily_summary_is_right_and_a_late_file_recomputes_only_its_days(qui
     load_lake_into_warehouse()
     run_dbt("build", "--selector", "vehicles", data_dir=data_dir)
     processed = state_dir("processed", "vehicles_events")
-    assert summary() == expected_daily_summary(good_events(processed))
-    before = batches()
+    before, batches_before = summary(), batches()
+    assert before == expected_daily_summary(good_events(processed))
 
-    # A late file: events for one early day, at the end of that day, arriving after everything.
-    late_day = min(day for (_, day) in before)
-    late = generate(
-        state_dir("incoming"),
-        files=1,
-        events_per_file=40,
-        seed=99,
-        start=datetime.fromisoformat(f"{late_day}T22:00:00+00:00"),
-    )
-    assert late.files
+    # A late file for the same fleet (seed 3) over the hour around the batch's last events: some
+    # of its events are later than their vehicle-day's last event, some earlier, some vehicles
+    # get none. daily_summary must recompute exactly the vehicle-days the file touches.
+    late_start = max(moment for moment, _ in before.values()) - timedelta(minutes=30)
+    generate(state_dir("incoming"), files=1, events_per_file=60, seed=99, fleet_seed=3, start=late_start)
+    late_events = good_events(state_dir("incoming"))
+    touched = {(event["vehicle_id"], event["at"].astimezone(UTC).date().isoformat()) for event in late_events}
+    assert touched <= before.keys(), "the late file must hit existing vehicle-days"
     discover()
     run_lake_job()
     load_lake_into_warehouse()
     run_dbt("build", "--selector", "vehicles", data_dir=data_dir)
 
-    assert summary() == expected_daily_summary(good_events(processed))
-    after = batches()
-    changed = {key for key in after if after[key] != before.get(key)}
-    assert changed and all(day in (late_day, next_day(late_day)) for (_, day) in changed)
+    after, batches_after = summary(), batches()
+    assert after == expected_daily_summary(good_events(processed))  # from every input file, in Python
+    changed = {key for key in after if after[key] != before[key]}
+    assert changed and changed < touched, "some touched vehicle-days get a new last event, not all"
+    untouched = before.keys() - touched
+    assert untouched and {key: after[key] for key in untouched} == {key: before[key] for key in untouched}
+    # Recomputed are exactly the touched vehicle-days: the others keep the batch they were built from.
+    recomputed = {key for key in batches_after if batches_after[key] != batches_before[key]}
+    assert recomputed == touched
     ((fct, distinct),) = rows("select count(*), count(distinct event_id) from marts.fct_vehicle_events")
     assert fct == distinct == len({event_identity(event) for event in good_events(processed)})
 
@@ -180,12 +198,6 @@ def event_identity(event: dict) -> tuple:
     extra = event.get("event_extra_data", event.get("event_extra_data:"))
     canonical = json.dumps(extra, sort_keys=True, separators=(",", ":"))
     return event["vehicle_id"], event["at"], event["event_type"], event["event_source"], event["event_value"], canonical
-
-
-def next_day(day: str) -> str:
-    from datetime import date, timedelta
-
-    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
 
 
 def summary() -> dict:
@@ -229,24 +241,68 @@ def test_a_new_file_type_is_processed_after_activation_with_no_code_change(data_
 LAKE_JOB = [sys.executable, "-m", "spark_jobs.vehicle_lake"]
 
 
+def ledger(table_name: str) -> set[str]:
+    """The files a table has committed; none before the job has created it."""
+    try:
+        return committed_files(table(table_name))
+    except NoSuchTableError:
+        return set()
+
+
+def jvm_in_group(group: int) -> bool:
+    """A java process in the job's process group: the driver has launched Spark's JVM."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            name, after_name = fields[0].split("(", 1)[1], fields[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended mid-read
+        if name == "java" and int(after_name[2]) == group:
+            return True
+    return False
+
+
 # One target: the kills fall before any catalog commit, and the lake job never opens the warehouse.
 @pytest.mark.one_target
 def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir):
+    """Three runs, each SIGKILLed at one point (README: JVM start, Parquet write, before the
+    commit); each must be reached, and the state the kill leaves is checked as it is."""
     manifest = generate(state_dir("incoming"), files=8, events_per_file=1500, seed=21, quirks=True)
     discover()
+    waiting = {path.name for path in state_dir("processing", "vehicles_events").glob("*.json")}
     events_data = data_dir / "lake" / NAMESPACE / "vehicle_events" / "data"
+
+    def batch_folders() -> set[Path]:
+        return set(events_data.glob("batch_id=*"))
+
+    def parquet_in(folders: set[Path], pattern: str) -> list[Path]:
+        return [path for folder in folders for path in folder.glob(pattern)]
+
+    # kill point -> (reached, given the job and the batch folders that existed before it started)
     kill_points = {
-        "JVM starting": lambda: time.monotonic() - started > 1.5,
-        "Parquet being written": lambda: any(events_data.glob("batch_id=*/_temporary")),
-        "Parquet written, not yet committed": lambda: any(events_data.glob("batch_id=*/*/*.parquet")),
+        "JVM starting": lambda job, old: jvm_in_group(job.pid) and not batch_folders() - old,
+        "Parquet being written": lambda job, old: parquet_in(batch_folders() - old, "_temporary/**/*.parquet"),
+        "Parquet written, not yet committed": lambda job, old: any(
+            (folder / "_SUCCESS").exists() for folder in batch_folders() - old
+        ),
     }
-    killed = []
-    for name, condition in kill_points.items():
-        started = time.monotonic()
-        if kill_when(start(LAKE_JOB), condition):
-            killed.append(name)
-    print(f"killed at: {killed}")
-    assert "JVM starting" in killed and "Parquet being written" in killed, killed
+    for name, reached in kill_points.items():
+        old = batch_folders()
+        job = start(LAKE_JOB)
+        assert kill_when(job, partial(reached, job, old)), f"the lake job ended before '{name}'"
+        assert job.returncode == -signal.SIGKILL, (name, job.returncode)
+        new = batch_folders() - old
+        # At the moment of the kill: nothing committed, every file still waiting in processing/.
+        assert not ledger("vehicle_events") and not ledger("vehicle_events_rejected"), name
+        assert {path.name for path in state_dir("processing", "vehicles_events").glob("*.json")} == waiting
+        written = parquet_in(new, "day=*/*.parquet")
+        if name == "JVM starting":
+            assert not new, name
+        elif name == "Parquet being written":
+            assert len(new) == 1 and not written and not parquet_in(new, "_SUCCESS"), name
+        else:
+            assert len(new) == 1 and written, "no Parquet written at the kill point"
+            assert table("vehicle_events").current_snapshot() is None, "Parquet committed before the kill"
     assert start(LAKE_JOB).wait(timeout=300) == 0
 
     assert len(lake_rows("vehicle_events")) == manifest.good["vehicles_events"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from core.warehouse import query
 from lake.catalog import NAMESPACE, catalog
+from loaders.vehicles.generate import EVENT_TYPES, SOURCES
 
 HEX = re.compile(r"[0-9a-fA-F]+")
 
@@ -19,20 +20,35 @@ def parse_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def is_valid_event(record: object) -> bool:
+    """The event contract of DESIGN §6, written out here rather than read from the registry."""
+    if not isinstance(record, dict) or not HEX.fullmatch(str(record.get("vehicle_id") or "")):
+        return False
+    if record.get("event_type") not in EVENT_TYPES or record.get("event_source") not in (*SOURCES, None):
+        return False
+    try:
+        parse_time(record["event_time"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
 def good_events(folder: Path) -> list[dict]:
-    """Every valid event record in the files of a folder (as the registry defines valid)."""
+    """Every valid event record in the files of a folder."""
     events = []
     for path in sorted(folder.glob("vehicles_events_*.json")):
         document = json.loads(path.read_bytes())
         records = document if isinstance(document, list) else document["vehicles_events"]
         for record in records:
-            if HEX.fullmatch(record["vehicle_id"]):
+            if is_valid_event(record):
                 events.append({**record, "at": parse_time(record["event_time"])})
     return events
 
 
 def expected_daily_summary(events: list[dict]) -> dict[tuple[str, str], tuple[datetime, str]]:
-    """(vehicle, day) -> (time, type) of the day's last event; same-instant ties by type."""
+    """(vehicle, day) -> (time, type) of the day's last event. daily_summary orders same-instant
+    events by type, then source, value and id; only time and type are compared, and events
+    equal in both give the same answer whichever wins, so the type is the whole tie rule here."""
     best: dict[tuple[str, str], tuple[datetime, str]] = {}
     for event in events:
         key = (event["vehicle_id"], event["at"].astimezone(UTC).date().isoformat())

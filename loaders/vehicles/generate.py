@@ -6,8 +6,9 @@
 Each "file" is an hour of a fleet's life: `vehicles_events_<stamp>.json` with M events and
 `vehicles_status_<stamp>.json` with a status report per tenth event. With --quirks a share of
 the realistic defects DESIGN §6 lists is mixed in, and the returned manifest says exactly
-which records are bad, so tests can check that every good one lands and every bad one is
-rejected with its reason.
+which records are bad and the exact reason each must be rejected with (written here, from
+the contract in DESIGN §6, not read from the registry), so tests can check that every good one
+lands and every bad one is rejected with its reason.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SOURCES = ("mobile", "device", "sensor")
 STATUSES = ("driving", "parked", "accident", "garage", "maintenance", "offline")
 DOORS = ("front_left", "front_right", "rear_left", "rear_right", "trunk")
 START = datetime(2025, 11, 1, tzinfo=UTC)
+HEX_ID = "^[0-9a-fA-F]+$"  # the contract's vehicle id pattern
 
 
 @dataclass
@@ -113,18 +115,54 @@ def _hour_of_records(kind, vehicles, hour_end, count, rng, quirks, manifest, fil
         record = kind(rng.choice(vehicles), moment, rng, quirks)
         if quirks and rng.random() < 0.03:
             record["vehicle_id"] = "VH-" + record["vehicle_id"][:6].upper() + "Z"  # not hex
-            manifest.rejected[file_type].append("vehicle_id does not match")
+            manifest.rejected[file_type].append(f"vehicle_id does not match {HEX_ID}: {record['vehicle_id']}")
         else:
             manifest.good[file_type] += 1
         records.append(record)
         if quirks and rng.random() < 0.02:
             records.append(dict(record))  # the same record delivered twice
             if record["vehicle_id"].startswith("VH-"):
-                manifest.rejected[file_type].append("vehicle_id does not match")
+                manifest.rejected[file_type].append(f"vehicle_id does not match {HEX_ID}: {record['vehicle_id']}")
             else:
                 manifest.good[file_type] += 1
                 manifest.duplicates[file_type] += 1
     return records
+
+
+def rule_breakers(vehicle_id: str, moment: datetime) -> dict[str, list[tuple[object, str]]]:
+    """Per file type, one record for each rule kind the registry can express (non-nullable,
+    typed, pattern, allowed values, not an object), with the exact reason it must be rejected for."""
+    at = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {"vehicle_id": vehicle_id, "event_time": at, "event_source": "device", "event_type": "parking"}
+    event |= {"event_value": "street", "event_extra_data": {"location": {"lat": 50.0, "lon": 8.0}}}
+    status = {"vehicle_id": vehicle_id, "report_time": at, "status_source": "sensor", "status": "parked"}
+
+    def without(record: dict, key: str) -> dict:
+        return {k: v for k, v in record.items() if k != key}
+
+    types, sources, statuses = ", ".join(EVENT_TYPES), ", ".join(SOURCES), ", ".join(STATUSES)
+    return {
+        "vehicles_events": [
+            (without(event, "vehicle_id"), "vehicle_id is missing"),
+            ({**event, "event_time": None}, "event_time is missing"),
+            ({**event, "event_time": "half past ten"}, "event_time is not a timestamp: half past ten"),
+            (without(event, "event_type"), "event_type is missing"),
+            ({**event, "event_type": "teleport"}, f"event_type teleport is not one of {types}"),
+            ({**event, "event_source": "pigeon"}, f"event_source pigeon is not one of {sources}"),
+            (
+                without({**event, "vehicle_id": "VH-2"}, "event_time"),
+                f"vehicle_id does not match {HEX_ID}: VH-2; event_time is missing",
+            ),
+            (None, "record is not a JSON object"),
+        ],
+        "vehicles_status": [
+            (without(status, "status"), "status is missing"),
+            ({**status, "status": "flying"}, f"status flying is not one of {statuses}"),
+            ({**status, "report_time": "soon"}, "report_time is not a timestamp: soon"),
+            ({**status, "status_source": "pigeon"}, f"status_source pigeon is not one of {sources}"),
+            (None, "record is not a JSON object"),
+        ],
+    }
 
 
 def generate(
@@ -135,9 +173,12 @@ def generate(
     quirks: bool = False,
     start: datetime = START,
     vehicles: int = 50,
+    fleet_seed: int | None = None,
 ) -> Manifest:
+    """`fleet_seed` keeps the fleet of an earlier call made with that seed (late or extra
+    files for the same vehicles); by default the fleet comes from `seed`."""
     rng = random.Random(seed)
-    fleet_ids = fleet(rng, vehicles)
+    fleet_ids = fleet(rng if fleet_seed is None else random.Random(fleet_seed), vehicles)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest()
     hours = [start + timedelta(hours=i + 1) for i in range(files)]
@@ -151,6 +192,11 @@ def generate(
         statuses = _hour_of_records(
             make_status, fleet_ids, hour_end, max(1, events_per_file // 10), rng, quirks, manifest, "vehicles_status"
         )
+        if quirks and index == len(hours) - 1:
+            breakers = rule_breakers(fleet_ids[0], hour_end - timedelta(minutes=30))
+            for records, file_type in ((events, "vehicles_events"), (statuses, "vehicles_status")):
+                records.extend(record for record, _ in breakers[file_type])
+                manifest.rejected[file_type].extend(reason for _, reason in breakers[file_type])
         event_doc: object = {"vehicles_events": events}
         if quirks and index == 1:
             event_doc = events  # a bare array instead of the keyed object
@@ -165,6 +211,10 @@ def generate(
         empty = f"vehicles_status_{last:%Y%m%d%H%M%S}.json"
         _write(out / empty, b"", manifest)
         manifest.failed_files[empty] = "empty file"
+        unkeyed = f"vehicles_events_{last + timedelta(hours=1):%Y%m%d%H%M%S}.json"
+        body = json.dumps({"vehicle_events": [make_event(fleet_ids[0], last, rng, False)]})  # a misspelled key
+        _write(out / unkeyed, body.encode(), manifest)
+        manifest.failed_files[unkeyed] = "JSON object without a records key (vehicles_events)"
     return manifest
 
 
