@@ -41,6 +41,8 @@ from spark_jobs.session import spark_session
 
 log = logging.getLogger("spark_jobs.vehicle_lake")
 
+# Holds the raw text of a record that is not a JSON object (registry fields cannot start with "_").
+NOT_AN_OBJECT = "_elt_not_an_object"
 SPARK_TYPES = {"string": "string", "json": "string", "long": "bigint", "double": "double", "boolean": "boolean"}
 
 
@@ -67,7 +69,7 @@ def _record_schema(file_type: FileType):
     from pyspark.sql import types as T
 
     names = [name for f in file_type.fields for name in (f.name, *f.aliases)]
-    return T.StructType([T.StructField(name, T.StringType()) for name in names])
+    return T.StructType([T.StructField(name, T.StringType()) for name in [*names, NOT_AN_OBJECT]])
 
 
 def _value(record, f: Field):
@@ -114,7 +116,39 @@ def _problems(record, file_type: FileType):
                     F.concat(F.lit(f"{f.name} "), value, F.lit(f" is not one of {', '.join(f.allowed)}")),
                 )
             )
-    return F.when(record.isNull(), F.lit("record is not a JSON object")).otherwise(F.concat_ws("; ", *checks))
+    not_an_object = record.isNull() | record[NOT_AN_OBJECT].isNotNull()
+    return F.when(not_an_object, F.lit("record is not a JSON object")).otherwise(F.concat_ws("; ", *checks))
+
+
+def _raw_record(record):
+    """The rejected record as it came: its JSON, or the raw text of a value that is not an object."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(record[NOT_AN_OBJECT], F.to_json(record), F.lit("null"))
+
+
+def _records(value, record, keys: list[str] | None):
+    """The records of a file's array (its root when keys is None, else under one of `keys`), each parsed into the
+    registry's struct. One element that is not an object makes Spark null the whole array, so such
+    an array is read again element by element: a non-object element keeps its raw text in
+    NOT_AN_OBJECT and is rejected alone; the rest of the file still loads."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    def parsed(element_type):
+        if keys is None:
+            return F.from_json(value, T.ArrayType(element_type))
+        schema = T.StructType([T.StructField(k, T.ArrayType(element_type)) for k in keys])
+        return F.coalesce(*(F.from_json(value, schema)[k] for k in keys))
+
+    placeholders = [F.lit(None).cast("string").alias(f.name) for f in record.fields if f.name != NOT_AN_OBJECT]
+    element_by_element = F.transform(
+        parsed(T.StringType()),
+        lambda raw: F.when(F.json_object_keys(raw).isNotNull(), F.from_json(raw, record)).when(
+            raw.isNotNull(), F.struct(*placeholders, raw.alias(NOT_AN_OBJECT))
+        ),
+    )
+    return F.coalesce(parsed(record), element_by_element)
 
 
 def _parse_files(spark, file_type: FileType, paths: list[Path]):
@@ -127,17 +161,17 @@ def _parse_files(spark, file_type: FileType, paths: list[Path]):
         F.element_at(F.split(F.col("_metadata.file_path"), "/"), -1).alias("source_file"), "value"
     )
     first = F.substring(F.ltrim("value"), 1, 1)
-    as_array = F.from_json("value", T.ArrayType(record))
-    as_object = F.from_json(
-        "value", T.StructType([T.StructField(k, T.ArrayType(record)) for k in file_type.record_keys])
-    )
-    keyed = F.coalesce(*(as_object[k] for k in file_type.record_keys)) if file_type.record_keys else F.lit(None)
+    keys = file_type.record_keys
+    as_array = _records(F.col("value"), record, None)
+    keyed = _records(F.col("value"), record, keys) if keys else F.lit(None)
     records = F.when(first == "[", as_array).when(first == "{", keyed)
     is_json_object = F.from_json("value", T.MapType(T.StringType(), T.StringType())).isNotNull()
-    keys = ", ".join(file_type.record_keys) or "(none registered)"
     problem = (
         F.when(records.isNotNull(), F.lit(None))
-        .when((first == "{") & is_json_object, F.lit(f"JSON object without a records key ({keys})"))
+        .when(
+            (first == "{") & is_json_object,
+            F.lit(f"JSON object without a records key ({', '.join(keys) or '(none registered)'})"),
+        )
         .otherwise(F.lit("not valid JSON (truncated, or not JSON at all)"))
     )
     parsed = text.select("source_file", records.alias("records"), problem.alias("file_problem"))
@@ -195,7 +229,7 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
             "source_file",
             F.col("source_position").cast("bigint").alias("source_position"),
             "reason",
-            F.coalesce(F.to_json("record"), F.lit("null")).alias("raw_record"),
+            _raw_record(F.col("record")).alias("raw_record"),
             F.lit(batch_id).alias("batch_id"),
             F.to_timestamp(F.lit(now.isoformat())).alias("rejected_at"),
         )

@@ -154,6 +154,7 @@ def rule_breakers(vehicle_id: str, moment: datetime) -> dict[str, list[tuple[obj
                 f"vehicle_id does not match {HEX_ID}: VH-2; event_time is missing",
             ),
             (None, "record is not a JSON object"),
+            (5, "record is not a JSON object"),
         ],
         "vehicles_status": [
             (without(status, "status"), "status is missing"),
@@ -161,6 +162,7 @@ def rule_breakers(vehicle_id: str, moment: datetime) -> dict[str, list[tuple[obj
             ({**status, "report_time": "soon"}, "report_time is not a timestamp: soon"),
             ({**status, "status_source": "pigeon"}, f"status_source pigeon is not one of {sources}"),
             (None, "record is not a JSON object"),
+            ([vehicle_id, at], "record is not a JSON object"),
         ],
     }
 
