@@ -222,20 +222,35 @@ def batches() -> dict:
 def test_a_new_file_type_is_processed_after_activation_with_no_code_change(data_dir):
     incoming = state_dir("incoming")
     incoming.mkdir(parents=True)
+    trip = {"vehicle_id": "ab12cd", "trip_start": "2025-11-08T08:00:00Z", "passengers": 1, "shared": False}
     trips = [
-        {"vehicle_id": "ab12cd", "trip_start": "2025-11-08T08:00:00Z", "distance_km": 12.5, "route": {"stops": 3}},
-        {"vehicle_id": "ab12cd", "trip_start": "2025-11-09T09:30:00Z", "distance_km": 4.0, "route": {"stops": 1}},
-        {"vehicle_id": "ef34ab", "trip_start": "2025-11-09T10:00:00Z", "distance_km": 30.25, "route": None},
+        {**trip, "distance_km": 12.5, "route": {"stops": 3}},
+        {**trip, "trip_start": "2025-11-09T09:30:00Z", "distance_km": 4.0, "route": {"stops": 1}, "shared": True},
+        {**trip, "vehicle_id": "ef34ab", "trip_start": "2025-11-09T10:00:00Z", "distance_km": 30.25, "route": None},
+    ]
+    # The typed rules of the inferred fields (double, long, boolean), each broken by one record.
+    type_breakers = [
+        ({**trips[0], "distance_km": "far"}, "distance_km is not a double: far"),
+        ({**trips[0], "passengers": "two"}, "passengers is not a long: two"),
+        ({**trips[0], "shared": "maybe"}, "shared is not a boolean: maybe"),
     ]
     (incoming / "vehicles_trips_20251109120000.json").write_text(json.dumps({"vehicles_trips": trips}))
+    (incoming / "vehicles_trips_20251109130000.json").write_text(
+        json.dumps({"vehicles_trips": [record for record, _ in type_breakers]})
+    )
     assert discover().registered == ["vehicles_trips"]
     assert run_lake_job() == []  # inactive: parked in pending/
-    assert count_files(state_dir("pending", "vehicles_trips")) == 1
+    assert count_files(state_dir("pending", "vehicles_trips")) == 2
+    fields = {field.name: field.type for field in Registry().get("vehicles_trips").fields}
+    assert (fields["distance_km"], fields["passengers"], fields["shared"]) == ("double", "long", "boolean")
 
     Registry().set_status("vehicles_trips", "active")
-    assert discover().processing == ["vehicles_trips_20251109120000.json"]
+    assert discover().processing == ["vehicles_trips_20251109120000.json", "vehicles_trips_20251109130000.json"]
     (report,) = run_lake_job()
-    assert report.rows == 3 and report.rejected == 0
+    assert report.rows == 3 and report.rejected == 3
+    assert sorted(row["reason"] for row in lake_rows("vehicles_trips_rejected")) == sorted(
+        reason for _, reason in type_breakers
+    )
     trips_in_lake = sorted(lake_rows("vehicles_trips"), key=lambda row: row["trip_start"])
     assert [(row["vehicle_id"], row["distance_km"]) for row in trips_in_lake] == [
         ("ab12cd", 12.5),
