@@ -23,7 +23,7 @@ from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import QUIET_TOOLS, lay_out_as_site, real_csv_files, rows, run_dbt, tables_in
 from .iceberg_commit_faults import KILL_POINTS, REJECTED_TABLE, TABLE
-from .processes import any_file, kill_when, start, stop_group
+from .processes import any_file, free_port, kill_when, start, stop_group
 from .test_vehicle_lake import event_identity, summary
 from .vehicles_helpers import count_files, expected_daily_summary, good_events, lake_rows
 
@@ -205,7 +205,6 @@ def own_postgres_server() -> Iterator[dict]:
     mid-load without touching the machine's shared server."""
     import pwd
     import shutil
-    import socket
     import tempfile
 
     binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -215,9 +214,7 @@ def own_postgres_server() -> Iterator[dict]:
     account = pwd.getpwnam("postgres")
     home = Path(tempfile.mkdtemp(prefix="elt-test-pg-"))  # pytest's tmp dirs are private to root
     os.chown(home, account.pw_uid, account.pw_gid)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
 
     def as_postgres(*command: str) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, timeout=120)
