@@ -18,8 +18,9 @@ import pyarrow as pa
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core.settings import PROJECT_ROOT
@@ -155,9 +156,47 @@ def served_deployments(data_dir, tmp_path):
                         names = {d.name for d in client.read_deployments()}
                 except Exception:
                     names = set()
+            assert_the_scheduler_plans_runs_then_clear_them()
             yield port
     finally:
         stop_group(served)
+
+
+def assert_the_scheduler_plans_runs_then_clear_them(timeout: float = 120) -> None:
+    """The server's scheduler creates each served deployment's next runs (it once could not: a
+    SQLAlchemy 2.1 change broke Prefect 3.8's insert of scheduled runs, so no schedule fired).
+    The schedules are then paused, which removes those runs, so none starts inside the test."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            planned = {
+                deployment.name: [
+                    run
+                    for run in client.read_flow_runs(deployment_filter=deployment_with_id(deployment.id))
+                    if run.auto_scheduled and run.state.is_scheduled()
+                ]
+                for deployment in client.read_deployments()
+            }
+            if all(planned.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert planned.keys() == DEPLOYMENTS and all(planned.values()), {k: len(v) for k, v in planned.items()}
+        for deployment in client.read_deployments():
+            client.pause_deployment(deployment.id)  # the server also drops its planned runs
+        left = [run.id for runs in planned.values() for run in runs if run_exists(client, run.id)]
+        assert not left, left
+
+
+def run_exists(client, flow_run_id) -> bool:
+    try:
+        client.read_flow_run(flow_run_id)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def deployment_with_id(deployment_id) -> DeploymentFilter:
+    return DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
 
 
 def wait_for_final_states(flow_run_ids: list, timeout: float = 240) -> list:
