@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -65,9 +66,14 @@ def deployments() -> list:
 
 
 def start_local_server(port: int) -> subprocess.Popen:
-    """A Prefect server bound to 127.0.0.1 only; returns once its API answers."""
+    """A Prefect server bound to 127.0.0.1 only; returns once its API answers. It runs in its own
+    session, so Ctrl-C or a SIGTERM to the serving process group stops the runner first (which
+    pauses its deployments through the API) and the server after it, not both at once: Prefect's
+    runner hangs when its server vanishes while it stops. It still dies with this process."""
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        start_new_session=True,
+        preexec_fn=_terminate_with_parent,
     )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 120
@@ -82,6 +88,15 @@ def start_local_server(port: int) -> subprocess.Popen:
             time.sleep(1)
     server.terminate()
     raise RuntimeError("the Prefect server did not answer within 120s")
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _terminate_with_parent() -> None:
+    """In the child: SIGTERM when the serving process dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
