@@ -25,6 +25,7 @@ from requests import RequestException, Response
 from core.settings import as_list, project_path
 from loaders.http import FileAdapter, Throttle
 from loaders.landing import archive, sha256_hex
+from loaders.pipelines import source_state
 from loaders.seasons import resolve_start_year
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _field(body: dict, key: str, url: str) -> list:
 def last_season(load: dlt.Pipeline) -> int | None:
     """The season (start year) the pipeline's last run of the source asked for, `current` /
     `previous` resolved, as its source state records it."""
-    return load.state.get("sources", {}).get("football_api", {}).get("season")
+    return source_state(load, "football_api").get("season")
 
 
 def resolve_competitions(available: list[dict], wanted: Sequence[str]) -> list[dict]:

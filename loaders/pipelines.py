@@ -43,3 +43,8 @@ def pipeline(name: str, dataset_name: str) -> dlt.Pipeline:
 def progress_collector() -> str | None:
     """dlt's own progress lines (items per resource, rate, memory) in a terminal; none in pipes and logs."""
     return "log" if sys.stderr.isatty() else None
+
+
+def source_state(load: dlt.Pipeline, source: str) -> dict:
+    """What a source keeps in the pipeline's state (dlt.current.source_state() in its code)."""
+    return load.state.get("sources", {}).get(source, {})

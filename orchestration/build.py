@@ -47,10 +47,7 @@ def plan_and_build(argv: list[str]) -> int:
     selector, options = build_plan.split_selector(argv)
 
     def listed(name: str) -> list[str]:
-        listing = runner.invoke([*build_plan.list_args(name), *PROJECT, "--vars", VARS])
-        if not listing.success:
-            raise RuntimeError(f"dbt ls --selector {name} failed: {listing.exception}")
-        return listing.result
+        return build_plan.selector_nodes(runner, name, *PROJECT, "--vars", VARS)
 
     try:
         selection = build_plan.selection_args(selector, skips.excluded, listed)

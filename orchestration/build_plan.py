@@ -198,9 +198,16 @@ def selection_args(selector: str | None, excluded: list[str], listed: Callable[[
     return ["--select", *listed(selector), *exclude_args(excluded)]
 
 
-def list_args(selector: str) -> list[str]:
-    """dbt ls arguments that print a selector's nodes (tests and unit tests too) as selections."""
-    return ["ls", "--selector", selector, "--resource-type", "all", "--output", "selector", "--log-level", "none"]
+def selector_nodes(runner, selector: str, *options: str) -> list[str]:
+    """A selector's nodes (tests and unit tests too) as dbt selections, listed by dbt ls through
+    `runner` (a dbtRunner) with the caller's project, target and vars `options`."""
+    listing = runner.invoke(
+        ["ls", "--selector", selector, "--resource-type", "all", "--output", "selector", "--log-level", "none"]
+        + list(options)
+    )
+    if not listing.success:
+        raise RuntimeError(f"dbt ls --selector {selector} failed: {listing.exception}")
+    return list(listing.result)
 
 
 def split_selector(argv: list[str]) -> tuple[str | None, list[str]]:

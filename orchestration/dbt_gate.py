@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
 from core.warehouse import query
-from orchestration.build_plan import VARS, list_args
+from orchestration.build_plan import VARS, selector_nodes
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,8 @@ def listed(selector: str) -> list[str]:
     from dbt.cli.main import dbtRunner
 
     project = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
-    args = [*list_args(selector), *project, "--target-path", str(target_dir()), "--vars", AUDIT_VARS]
-    result = dbtRunner().invoke([*args, "--no-write-json"])
-    if not result.success:
-        raise RuntimeError(f"dbt ls --selector {selector} failed: {result.exception}")
-    return list(result.result)
+    options = [*project, "--target-path", str(target_dir()), "--vars", AUDIT_VARS, "--no-write-json"]
+    return selector_nodes(dbtRunner(), selector, *options)
 
 
 def manifest() -> dict:

@@ -138,8 +138,8 @@ def _records(value, record, keys: list[str] | None):
     def parsed(element_type):
         if keys is None:
             return F.from_json(value, T.ArrayType(element_type))
-        schema = T.StructType([T.StructField(k, T.ArrayType(element_type)) for k in keys])
-        return F.coalesce(*(F.from_json(value, schema)[k] for k in keys))
+        document = F.from_json(value, T.StructType([T.StructField(k, T.ArrayType(element_type)) for k in keys]))
+        return F.coalesce(*(document[k] for k in keys))
 
     placeholders = [F.lit(None).cast("string").alias(f.name) for f in record.fields if f.name != NOT_AN_OBJECT]
     element_by_element = F.transform(

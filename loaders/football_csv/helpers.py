@@ -15,6 +15,7 @@ from core.settings import project_path
 from loaders.football_csv.parsing import FootballCsvError, ParsedFile, parse_season_file
 from loaders.football_csv.settings import MAX_FILE_BYTES
 from loaders.landing import archive, sha256_hex
+from loaders.pipelines import source_state
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def last_run(load: dlt.Pipeline) -> dict:
     """What the pipeline's last run of the source did with each file it was asked for, read
     back from the resource state: {"seasons": [...], "loaded": [...], "unchanged": [...],
     "missing": [...], "failed": {name: reason}} (`current` / `previous` resolved)."""
-    state = load.state.get("sources", {}).get("football_csv", {}).get("resources", {}).get("season_files", {})
+    state = source_state(load, "football_csv").get("resources", {}).get("season_files", {})
     request = state.get("last_request", {"seasons": [], "divisions": []})
     files = state.get("files", {})
     summary: dict = {"seasons": list(request["seasons"]), "loaded": [], "unchanged": [], "missing": [], "failed": {}}
