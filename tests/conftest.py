@@ -48,10 +48,12 @@ def sample_matches(*divisions: str) -> int:
 
 
 def matches_in(path: Path) -> int:
-    """Data rows with a date and both teams, counted from the file itself."""
+    """Data rows with a date and both teams, counted from the file itself with the csv module."""
     with open(path, encoding="utf-8-sig", newline="") as handle:
         return sum(
-            1 for row in csv.DictReader(handle) if row.get("Date") and row.get("HomeTeam") and row.get("AwayTeam")
+            1
+            for row in csv.DictReader(handle)
+            if all((row.get(column) or "").strip() for column in ("Date", "HomeTeam", "AwayTeam"))
         )
 
 

@@ -23,7 +23,15 @@ from loaders.football_csv import FootballCsvError, football_csv, last_run
 from loaders.pipelines import pipeline
 from orchestration.report import export_reports
 
-from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows, run_dbt, season_and_division
+from .conftest import (
+    lay_out_api_recordings,
+    lay_out_as_site,
+    matches_in,
+    real_csv_files,
+    rows,
+    run_dbt,
+    season_and_division,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +58,6 @@ def csv_records(path: Path) -> tuple[list[str], list[list[str]]]:
     """The header and the records after it, read with the csv module (not the loader's code)."""
     header, *records = csv.reader(io.StringIO(path.read_bytes().decode("utf-8-sig"), newline=""))
     return header, records
-
-
-def match_rows(path: Path) -> int:
-    """Independent count of the rows that can be matches: a date, a home and an away team."""
-    header, records = csv_records(path)
-    needed = [header.index(name) for name in ("Date", "HomeTeam", "AwayTeam")]
-    return sum(1 for fields in records if all(len(fields) > at and fields[at].strip() for at in needed))
 
 
 def blank_records(path: Path) -> int:
@@ -119,7 +120,7 @@ def test_every_real_file_loads_all_its_rows(all_real_files):
         )
     )
     for path in all_real_files["files"]:
-        assert loaded[season_and_division(path)] == match_rows(path) == data_lines(path), path.name
+        assert loaded[season_and_division(path)] == matches_in(path) == data_lines(path), path.name
     # None of the real files has an unusable row; the rejected-rows table is only made when
     # one appears (see test_bad_rows_land_in_the_rejected_table).
     tables = {name for (name,) in query("select table_name from information_schema.tables")}
@@ -276,7 +277,7 @@ def test_reloading_unchanged_files_changes_nothing(data_dir, tmp_path):
     assert query("select count(*), max(_dlt_load_id) from raw_football.matches") == before
     forced = load(str(site), ["2425"], ["E0"], force=True)
     assert forced["loaded"] == ["2425/E0"]
-    expected = match_rows(site / "2425" / "E0.csv")
+    expected = matches_in(site / "2425" / "E0.csv")
     assert query("select count(*) from raw_football.matches")[0][0] == before[0][0] == expected
 
 
@@ -290,7 +291,7 @@ def test_a_corrected_file_updates_its_matches_in_place(data_dir, tmp_path):
     path.write_bytes(text.replace(first_match, first_match.replace("Fulham,1,0,H", "Fulham,2,0,H", 1)).encode())
     report = load(str(site), ["2425"], ["E0"])
     assert report["loaded"] == ["2425/E0"]
-    assert query("select count(*) from raw_football.matches")[0][0] == match_rows(path)
+    assert query("select count(*) from raw_football.matches")[0][0] == matches_in(path)
     assert query("select fthg from raw_football.matches where home_team = 'Man United' and away_team = 'Fulham'") == [
         ("2",)
     ]
@@ -325,7 +326,7 @@ def test_a_broken_file_fails_alone_and_is_kept_in_landing(data_dir, tmp_path):
     report = load(str(site), ["2425"], ["E0", "E1"])
     assert report["loaded"] == ["2425/E0"]
     assert "no header row with Date, HomeTeam and AwayTeam" in report["failed"]["2425/E1"]
-    assert query("select count(*) from raw_football.matches")[0][0] == match_rows(site / "2425" / "E0.csv")
+    assert query("select count(*) from raw_football.matches")[0][0] == matches_in(site / "2425" / "E0.csv")
     assert len(list((data_dir / "landing" / "football_csv" / "2425" / "E1").glob("*.csv"))) == 1
     # Not remembered as loaded: the next run tries it again.
     assert load(str(site), ["2425"], ["E1"])["failed"]
@@ -421,7 +422,7 @@ def test_http_unchanged_files_are_not_downloaded_again(data_dir, local_site):
     assert second["unchanged"] == ["2425/E0", "2425/SC0"]
     assert [request["status"] for request in requests_seen] == [304, 304]
     assert all(request["if_none_match"] for request in requests_seen)
-    expected = match_rows(site / "2425" / "E0.csv") + match_rows(site / "2425" / "SC0.csv")
+    expected = matches_in(site / "2425" / "E0.csv") + matches_in(site / "2425" / "SC0.csv")
     assert query("select count(*) from raw_football.matches")[0][0] == expected
     assert query("select count(*) from raw_football.source_files where etag is not null")[0][0] == 2
 
@@ -454,4 +455,4 @@ def test_http_last_modified_alone_makes_the_request_conditional(data_dir, tmp_pa
     assert query("select fthg from raw_football.matches where home_team = 'Man United' and away_team = 'Fulham'") == [
         ("3",)
     ]
-    assert query("select count(*) from raw_football.matches")[0][0] == match_rows(path)
+    assert query("select count(*) from raw_football.matches")[0][0] == matches_in(path)

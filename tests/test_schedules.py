@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -46,7 +45,7 @@ from .conftest import (
 )
 from .processes import free_port, stop_group
 from .test_vehicle_lake import event_identity
-from .vehicles_helpers import expected_daily_summary, good_events
+from .vehicles_helpers import expected_daily_summary, good_events, records_in
 
 pytestmark = pytest.mark.integration
 DEPLOYMENTS = {"vehicles-hourly", "daily-summary", "football-weekly", "maintenance-daily"}
@@ -252,15 +251,6 @@ def commit_lake_events(events: list[dict]) -> None:
     registry.sync_seed()
     table, _ = ensure_tables(catalog(), registry.get("vehicles_events"))
     table.append(pa.Table.from_pylist(events, schema=table.schema().as_arrow()))
-
-
-def records_in(path: Path) -> list[dict]:
-    """The records of a vehicle file: a JSON list, or the one list under its single key."""
-    document = json.loads(path.read_bytes())
-    if isinstance(document, list):
-        return document
-    (records,) = document.values()
-    return records
 
 
 def deliver_sample_vehicle_files(incoming: Path) -> dict[str, list[dict]]:

@@ -33,13 +33,20 @@ def is_valid_event(record: object) -> bool:
     return True
 
 
+def records_in(path: Path) -> list:
+    """The records of a vehicle file: a JSON list, or the one list under its single key."""
+    document = json.loads(path.read_bytes())
+    if isinstance(document, list):
+        return document
+    (records,) = document.values()
+    return records
+
+
 def good_events(folder: Path) -> list[dict]:
     """Every valid event record in the files of a folder."""
     events = []
     for path in sorted(folder.glob("vehicles_events_*.json")):
-        document = json.loads(path.read_bytes())
-        records = document if isinstance(document, list) else document["vehicles_events"]
-        for record in records:
+        for record in records_in(path):
             if is_valid_event(record):
                 events.append({**record, "at": parse_time(record["event_time"])})
     return events
