@@ -339,8 +339,9 @@ def test_prefect_s_default_template_fails_strict_validation_only_for_misplaced_f
 
 def test_prefect_kubernetes_needs_the_fields_at_least_at_the_job_level(rendered):
     """prefect-kubernetes 0.8.0 checks a template by a JSON-patch diff against its own base
-    manifest, which has them in the pod spec: present at the Job level they diff as a move, which
-    it accepts; absent from both places it refuses the template. So they stay in the Job spec."""
+    manifest, which has them in the pod spec, and refuses only the diff's "add" operations. jsonpatch
+    turns an add of a value the manifest holds elsewhere into a "move" (matched by value, not by
+    name): the Job-level 1s satisfy it. Without them the worker refuses the template."""
     error = rendered["without job-level fields"]["error"]
     assert all(f"/spec/template/spec/{field}" in error for field in MISPLACED_BY_PREFECT)
 
