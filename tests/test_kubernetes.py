@@ -247,6 +247,26 @@ def test_the_template_points_at_the_kustomization_s_objects():
     assert "default" not in template()["variables"]["properties"]["image"]
 
 
+def test_a_prefect_server_takes_it_as_the_pool_s_template():
+    from prefect.server.schemas.actions import WorkPoolCreate
+
+    pool = WorkPoolCreate(name=WORK_POOL, type="kubernetes", base_job_template=template())
+    assert pool.base_job_template == template()
+
+
+@pytest.mark.parametrize("with_image", [True, False])
+def test_a_deployment_s_job_variables_need_an_image(with_image):
+    """Checked as Prefect checks a flow run's job variables against the pool's schema."""
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    job_variables = {"image": IMAGE} if with_image else {"env": {"ELT_MODE": "live"}}
+    if with_image:
+        validate(job_variables, template()["variables"], raise_on_error=True, preprocess=True)
+    else:
+        with pytest.raises(ValidationError, match="'image' is a required property"):
+            validate(job_variables, template()["variables"], raise_on_error=True, preprocess=True)
+
+
 def deployments() -> list[dict]:
     """prefect.yaml's deployments as the worker sees them: name, entrypoint, parameters, and the
     job variables with their `{{ $VAR }}` placeholders resolved by Prefect, as `prefect deploy` does."""
