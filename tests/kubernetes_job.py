@@ -1,6 +1,7 @@
 """Renders the Job the Prefect Kubernetes worker would create for a deployment, with
 prefect-kubernetes' own code and in the worker's order: the work pool's base job template and
-the deployment's job variables (`from_template_and_values`), then `prepare_for_flow_run`.
+the deployment's job variables (`from_template_and_values`), `prepare_for_flow_run`, then the
+API key's replacement by a Secret reference.
 
 Run as a script in a subprocess whose environment is the worker container's
 (tests/test_kubernetes.py): the worker copies the Prefect settings of its own environment into
@@ -18,7 +19,8 @@ import uuid
 
 from prefect.client.schemas.objects import Flow, FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+from prefect_kubernetes.settings import KubernetesSettings
+from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
 WORK_POOL = "elt-k8s"
 
@@ -51,7 +53,22 @@ async def job_for(template: dict, deployment: dict) -> dict:
         template, deployment["job_variables"]
     )
     configuration.prepare_for_flow_run(flow_run, api_deployment, flow)
+    await reference_the_api_key_secret(configuration)
     return configuration.job_manifest
+
+
+async def reference_the_api_key_secret(configuration: KubernetesWorkerJobConfiguration) -> None:
+    """The first step of the worker's Job creation (`KubernetesWorker._create_job`) when it is
+    told the Secret holding PREFECT_API_KEY: the key's value becomes a reference to that Secret.
+    With a Secret name given, it makes no Kubernetes call."""
+    settings = KubernetesSettings().worker
+    if settings.api_key_secret_name:
+        await KubernetesWorker(work_pool_name=WORK_POOL)._replace_api_key_with_secret(
+            configuration=configuration,
+            client=None,
+            secret_name=settings.api_key_secret_name,
+            secret_key=settings.api_key_secret_key,
+        )
 
 
 async def outcome(render: dict) -> dict:

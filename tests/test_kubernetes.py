@@ -442,3 +442,17 @@ def test_a_render_in_a_developer_s_environment_shows_its_traces(scratch):
     assert str(scratch / "prefect-home") in traces
     assert "PREFECT_HOME" in traces
     assert "PREFECT_API_URL=http://127.0.0.1:4200/api" in traces
+
+
+def test_an_api_key_reaches_the_job_as_a_reference_to_its_secret_never_as_its_value(scratch):
+    """When the API wants a key, the worker has it from the Secret prefect-api and is told so:
+    the Job it creates names that Secret instead of copying the key."""
+    key = "pnu_a-key-that-must-not-be-copied"
+    (reference,) = [entry for entry in worker_container()["env"] if entry["name"] == "PREFECT_API_KEY"]
+    env = {**worker_environment(scratch / "home"), "PREFECT_API_KEY": key}
+    (outcome,) = render([{"template": template(), "deployment": deployments()[0]}], env, cwd=scratch)
+    job = outcome["job"]
+    assert key not in json.dumps(job)
+    (entry,) = [entry for entry in container_of(job)["env"] if entry["name"] == "PREFECT_API_KEY"]
+    secret = reference["valueFrom"]["secretKeyRef"]
+    assert entry["valueFrom"] == {"secretKeyRef": {"name": secret["name"], "key": secret["key"]}}
