@@ -163,6 +163,8 @@ def test_the_worker_polls_the_kubernetes_pool_with_a_health_endpoint():
     assert command[command.index("--pool") + 1] == WORK_POOL
     assert command[command.index("--type") + 1] == "kubernetes"
     assert "--with-healthcheck" in command
+    # A worker that created a missing pool would give it Prefect's default template.
+    assert "--no-create-pool-if-not-found" in command
     assert worker_container()["livenessProbe"]["httpGet"]["path"] == "/health"
 
 
