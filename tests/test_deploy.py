@@ -4,10 +4,12 @@ real local Prefect server exactly as `make serve` serves them."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
@@ -88,3 +90,23 @@ def test_make_deploy_puts_the_served_deployments_in_the_pool(prefect_api, tmp_pa
         name: {"work_pool_name": pool, "job_variables": {"image": IMAGE}, "pull_steps": run_time_directory}
         for name in served
     }
+
+
+WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
+
+
+def make_targets_run_by(workflow: dict) -> set[str]:
+    """The make targets a GitHub workflow's steps run (`.ci/run` is `make test`)."""
+    commands = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    targets = {target for command in commands for target in re.findall(r"\bmake ([a-z][\w-]*)", command)}
+    return targets | ({"test"} if any(".ci/run" in command for command in commands) else set())
+
+
+def test_the_workflows_run_only_make_targets_tested_here():
+    """The workflows cannot run here: every step they run is a make target this repository defines
+    and tests (test: .ci/run; image, push: test_image.py; work-pool, deploy: above)."""
+    defined = set(re.findall(r"^([a-z][\w-]*):", (PROJECT_ROOT / "Makefile").read_text(), re.MULTILINE))
+    run = set().union(*(make_targets_run_by(yaml.safe_load(path.read_text())) for path in WORKFLOWS.glob("*.yml")))
+    assert run == {"test", "image", "push", "work-pool", "deploy"}
+    assert run <= defined
+    assert "make test" in (PROJECT_ROOT / ".ci" / "run").read_text()
