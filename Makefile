@@ -30,12 +30,13 @@ DBT := $(BIN)/dbt
 # Targets that write create the data dir first; mkdir says in one line why when it cannot.
 MAKE_DATA_DIR = @mkdir -p "$(ELT_DATA_DIR)" && mkdir -p "$(PREFECT_HOME)"
 
-.PHONY: help setup load build report docs query serve run test bench lint clean reset
+.PHONY: help setup load build report docs query serve run test bench lint clean reset deploy work-pool
 
 help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline; ELT_MODE=live: real sources)"
 	@echo "make test   set up and run the test suite"
 	@echo "make load | build | report | docs | query | serve | bench | lint | clean | reset"
+	@echo "make deploy | work-pool   the scheduled deployments in a work pool (PREFECT_API_URL, ELT_WORK_POOL, ELT_IMAGE)"
 
 setup: $(SETUP_STAMP)
 
@@ -72,6 +73,25 @@ docs: setup
 
 serve: setup
 	$(BIN)/python -m orchestration.serve --with-server --port $(PREFECT_PORT)
+
+# prefect.yaml's deployments in the work pool ELT_WORK_POOL of the Prefect server at PREFECT_API_URL:
+# `elt` (a process pool on a machine with this checkout) or `elt-k8s` (Kubernetes Jobs running ELT_IMAGE).
+ELT_WORK_POOL ?= elt
+K8S_WORK_POOL ?= elt-k8s
+K8S_JOB_TEMPLATE := deploy/k8s/base-job-template.json
+# Without an API URL, Prefect would deploy to a throwaway local server.
+REQUIRE_PREFECT_API = $(BIN)/python -c "import sys; from prefect.settings import PREFECT_API_URL as u; \
+	sys.exit(None if u.value() else 'make ' + sys.argv[1] + ': set PREFECT_API_URL to the Prefect server')"
+
+deploy: setup
+	@$(REQUIRE_PREFECT_API) deploy
+	@[ "$(ELT_WORK_POOL)" != "$(K8S_WORK_POOL)" ] || [ -n "$(ELT_IMAGE)" ] || { echo "make deploy: the $(K8S_WORK_POOL) pool runs an image: set ELT_IMAGE" >&2; exit 1; }
+	ELT_WORK_POOL=$(ELT_WORK_POOL) ELT_IMAGE=$(ELT_IMAGE) $(BIN)/prefect --no-prompt deploy --all
+
+# Creates or updates the Kubernetes work pool from the committed base job template.
+work-pool: setup
+	@$(REQUIRE_PREFECT_API) work-pool
+	$(BIN)/prefect work-pool create $(K8S_WORK_POOL) --type kubernetes --base-job-template $(K8S_JOB_TEMPLATE) --overwrite
 
 # Prefect's local API database is created (migrated) once, not on the first run's clock (~10 s).
 PREFECT_DB := $(PREFECT_HOME)/prefect.db

@@ -3,13 +3,8 @@
     python -m orchestration.serve                # needs PREFECT_API_URL
     python -m orchestration.serve --with-server  # starts a local Prefect server on 127.0.0.1 first (make serve)
 
-| deployment        | schedule (UTC)                       | what                                     |
-| vehicles-hourly   | every hour at :00                     | discover → Spark lake job → warehouse    |
-| daily-summary     | 01:00 every day                       | dbt gate + publish for the vehicle marts |
-| football-weekly   | Saturdays 00:00, August to May        | both football sources, gate + publish    |
-| maintenance-daily | 02:30 every day                       | snapshots, orphan files, landing retention |
-
-prefect.yaml declares the same deployments for a process work pool (`prefect deploy --all`).
+The deployments, with their schedules, are defined once, in prefect.yaml, and read from there;
+`make deploy` creates the same ones in a work pool (README: Orchestration lists them).
 They run in live mode (never the bundled sample), so they need a data dir of their own or a
 live one: a data dir filled by the sample refuses them.
 Their warehouse-writing steps take turns through the global concurrency limit `elt-warehouse`
@@ -21,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib
 import os
 import signal
 import subprocess
@@ -28,40 +24,45 @@ import sys
 import time
 import urllib.request
 
-from prefect import serve
+import yaml
+from prefect import Flow, serve
+from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from core.settings import data_dir_or_exit
+from core.settings import PROJECT_ROOT, data_dir_or_exit
 from orchestration.concurrency import WAREHOUSE_LIMIT, ensure_warehouse_limit
-from orchestration.flows import elt, maintenance
+
+PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 
 
-def deployments() -> list:
+def declared_deployments() -> list[dict]:
+    """prefect.yaml's `deployments` entries: the one definition of the scheduled deployments."""
+    return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+
+
+def flow_at(entrypoint: str) -> Flow:
+    """The flow a prefect.yaml entrypoint (`orchestration/flows.py:elt`) names, imported as a module."""
+    path, name = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+def cron_schedule(entry: dict) -> Cron:
+    if set(entry) - {"cron", "timezone"}:
+        raise ValueError(f"prefect.yaml: only cron schedules with a timezone are served, not {entry}")
+    return Cron(entry["cron"], timezone=entry.get("timezone"))
+
+
+def deployments() -> list[RunnerDeployment]:
+    """prefect.yaml's deployments as this process serves them: same names, schedules, parameters."""
     return [
-        elt.to_deployment(
-            name="vehicles-hourly",
-            schedules=[Cron("0 * * * *", timezone="UTC")],
-            parameters={"sources": ["vehicles"], "build": False, "mode": "live"},
-            description="Hourly vehicle ingestion: discover, Spark lake job, lake → warehouse.",
-        ),
-        elt.to_deployment(
-            name="daily-summary",
-            schedules=[Cron("0 1 * * *", timezone="UTC")],
-            parameters={"sources": [], "selector": "vehicles", "mode": "live"},
-            description="Builds, tests and publishes daily_summary and the other vehicle marts.",
-        ),
-        elt.to_deployment(
-            name="football-weekly",
-            schedules=[Cron("0 0 * 1-5,8-12 6", timezone="UTC")],
-            parameters={"sources": ["football_csv", "football_api"], "selector": "football", "mode": "live"},
-            description="Weekly football load during the season (August to May), gate and publish.",
-        ),
-        maintenance.to_deployment(
-            name="maintenance-daily",
-            schedules=[Cron("30 2 * * *", timezone="UTC")],
-            description="Expire Iceberg snapshots, remove orphan files, prune landing.",
-        ),
+        flow_at(entry["entrypoint"]).to_deployment(
+            name=entry["name"],
+            schedules=[cron_schedule(schedule) for schedule in entry.get("schedules") or []],
+            parameters=entry.get("parameters") or {},
+            description=entry.get("description"),
+        )
+        for entry in declared_deployments()
     ]
 
 

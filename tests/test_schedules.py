@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
@@ -61,60 +60,6 @@ def test_deployments_have_the_documented_schedules():
     }
 
 
-SCHEDULE_KINDS = ("cron", "interval", "rrule")
-
-
-def declared_schedule(entry: dict) -> dict:
-    """A prefect.yaml schedule as the fields Prefect reads from it (its defaults filled in)."""
-    kind = next(kind for kind in SCHEDULE_KINDS if kind in entry)
-    schedule = {kind: entry[kind], "timezone": entry.get("timezone")}
-    if kind == "cron":
-        schedule["day_or"] = entry.get("day_or", True)
-    if kind == "interval":
-        schedule["interval"] = timedelta(seconds=entry["interval"])
-        schedule["anchor_date"] = entry.get("anchor_date")
-    schedule.update(active=entry.get("active", True), parameters=entry.get("parameters", {}))
-    return schedule
-
-
-def served_schedule(served) -> dict:
-    fields = served.schedule.model_dump()
-    kind = next(kind for kind in SCHEDULE_KINDS if kind in fields)
-    schedule = {kind: fields[kind], "timezone": fields.get("timezone")}
-    if kind == "cron":
-        schedule["day_or"] = fields["day_or"]
-    if kind == "interval":
-        schedule["anchor_date"] = None  # Prefect's default (now) unless declared; none is
-    return {**schedule, "active": served.active, "parameters": served.parameters}
-
-
-def as_declared(deployment) -> dict:
-    return {
-        "entrypoint": deployment.entrypoint,
-        "parameters": deployment.parameters,
-        "schedules": [served_schedule(schedule) for schedule in deployment.schedules],
-        "tags": list(deployment.tags or []),
-        "concurrency_limit": deployment.concurrency_limit,
-        "paused": bool(deployment.paused),
-    }
-
-
-def test_prefect_yaml_declares_exactly_the_served_deployments():
-    """prefect.yaml (`prefect deploy --all`) and orchestration.serve must not drift apart."""
-    declared = {
-        entry["name"]: {
-            "entrypoint": entry["entrypoint"],
-            "parameters": entry.get("parameters") or {},
-            "schedules": [declared_schedule(schedule) for schedule in entry.get("schedules") or []],
-            "tags": entry.get("tags") or [],
-            "concurrency_limit": entry.get("concurrency_limit"),
-            "paused": bool(entry.get("paused", False)),
-        }
-        for entry in yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
-    }
-    assert declared == {deployment.name: as_declared(deployment) for deployment in deployments()}
-
-
 def test_scheduled_deployments_run_in_live_mode_and_never_stage_the_sample():
     loading = {d.name: d.parameters for d in deployments() if d.entrypoint.endswith(":elt")}
     assert {name: parameters.get("mode") for name, parameters in loading.items()} == {
@@ -122,8 +67,6 @@ def test_scheduled_deployments_run_in_live_mode_and_never_stage_the_sample():
         "daily-summary": "live",
         "football-weekly": "live",
     }
-    declared = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
-    assert {d["name"]: d.get("parameters") for d in declared if d["entrypoint"].endswith(":elt")} == loading
     accepted = set(elt.parameters.properties)
     assert all(set(parameters) <= accepted for parameters in loading.values())  # no stale stage_sample
 
