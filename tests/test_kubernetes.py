@@ -122,14 +122,17 @@ def test_the_pinned_version_s_strict_schemas_ship_with_the_package():
     assert (schemas / f"v{KUBERNETES_VERSION}-local-strict" / "job-batch-v1.json").is_file()
 
 
-@pytest.mark.parametrize("index", range(len(listed_documents())))
-def test_every_listed_manifest_validates_strictly_with_no_network(index, monkeypatch):
+@pytest.mark.parametrize(
+    "document",
+    [document for _, document in listed_documents()],
+    ids=[f"{name}:{document['kind']}/{document['metadata']['name']}" for name, document in listed_documents()],
+)
+def test_every_listed_manifest_validates_strictly_with_no_network(document, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("schema validation tried to reach the network")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    _, document = listed_documents()[index]
     validate_strictly(document)
 
 
@@ -256,22 +259,18 @@ def test_a_prefect_server_takes_it_as_the_pool_s_template():
     assert pool.base_job_template == template()
 
 
-@pytest.mark.parametrize("with_image", [True, False])
-def test_a_deployment_s_job_variables_need_an_image(with_image):
+def test_job_variables_without_an_image_are_refused():
     """Checked as Prefect checks a flow run's job variables against the pool's schema."""
     from prefect.utilities.schema_tools import ValidationError, validate
 
-    job_variables = {"image": IMAGE} if with_image else {"env": {"ELT_MODE": "live"}}
-    if with_image:
-        validate(job_variables, template()["variables"], raise_on_error=True, preprocess=True)
-    else:
-        with pytest.raises(ValidationError, match="'image' is a required property"):
-            validate(job_variables, template()["variables"], raise_on_error=True, preprocess=True)
+    with pytest.raises(ValidationError, match="'image' is a required property"):
+        validate({"env": {"ELT_MODE": "live"}}, template()["variables"], raise_on_error=True, preprocess=True)
 
 
 def deployments() -> list[dict]:
     """prefect.yaml's deployments as the worker sees them: name, entrypoint, parameters, and the
-    job variables with their `{{ $VAR }}` placeholders resolved by Prefect, as `prefect deploy` does."""
+    job variables with their `{{ $VAR }}` placeholders resolved by Prefect, as `prefect deploy`
+    does for `make deploy ELT_WORK_POOL=elt-k8s ELT_IMAGE=...`. The image comes from there only."""
     from prefect.utilities.templating import apply_values
 
     entries = load_yaml(PROJECT_ROOT / "prefect.yaml")["deployments"]
@@ -283,11 +282,7 @@ def deployments() -> list[dict]:
                 "name": entry["name"],
                 "entrypoint": entry["entrypoint"],
                 "parameters": entry.get("parameters") or {},
-                # A Kubernetes deployment names its image; the pool's template has none.
-                "job_variables": {
-                    "image": IMAGE,
-                    **apply_values(entry.get("work_pool", {}).get("job_variables") or {}, {}, remove_notset=False),
-                },
+                "job_variables": apply_values(entry["work_pool"].get("job_variables") or {}, {}, remove_notset=False),
             }
             for entry in entries
         ]
@@ -366,6 +361,14 @@ def test_prefect_kubernetes_needs_the_fields_at_least_at_the_job_level(rendered)
     name): the Job-level 1s satisfy it. Without them the worker refuses the template."""
     error = rendered["without job-level fields"]["error"]
     assert all(f"/spec/template/spec/{field}" in error for field in MISPLACED_BY_PREFECT)
+
+
+@pytest.mark.parametrize("name", deployment_names())
+def test_the_deployment_s_job_variables_satisfy_the_pool_s_schema(name):
+    from prefect.utilities.schema_tools import validate
+
+    (deployment,) = [deployment for deployment in deployments() if deployment["name"] == name]
+    validate(deployment["job_variables"], template()["variables"], raise_on_error=True, preprocess=True)
 
 
 @pytest.mark.parametrize("name", deployment_names())
