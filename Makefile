@@ -106,3 +106,61 @@ clean:
 # Forget every run: warehouse, lake, landing, file states, dlt and Prefect state (keeps data/sample).
 reset:
 	find "$(ELT_DATA_DIR)" -mindepth 1 -maxdepth 1 ! -name sample -exec rm -rf {} +
+
+# ---- Container image (deploy/Containerfile; README, "Container image") ----
+# Built from the committed HEAD only (git archive), with buildah from Debian's packages in its own
+# storage (--isolation chroot: this machine's cgroups defeat the OCI runtimes).
+IMAGE_NAME ?= localhost/elt-thin-loaders
+IMAGE_TAG ?= $(shell git rev-parse --short HEAD)
+IMAGE ?= $(IMAGE_NAME):$(IMAGE_TAG)
+# Unset: a bookworm python3.11 root filesystem made by mmdebstrap (no registry needed);
+# else a pullable base, e.g. BASE=docker.io/library/python:3.11-slim-bookworm.
+BASE ?=
+DEBIAN_BASE := localhost/elt-base:bookworm-python3.11
+IMAGE_STORE ?= /var/tmp/elt-image-store
+BUILDAH := buildah --root $(IMAGE_STORE)/root --runroot $(IMAGE_STORE)/run --storage-driver overlay
+IMAGE_REGISTRY ?=
+IMAGE_TLS_VERIFY ?= true
+WHEELHOUSE := build/wheelhouse
+IMAGE_CONTEXT := build/context
+IMAGE_DIGEST := build/image.digest
+
+.PHONY: wheelhouse image push image-tools test-image
+
+image-tools:
+	@command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && command -v skopeo >/dev/null || \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap skopeo >/dev/null; }
+
+# Wheels of the runtime dependencies ([project] dependencies under constraints.txt), built on the
+# host with network (pyspark is an sdist), so the image build needs none.
+wheelhouse: $(WHEELHOUSE)/requirements.txt
+
+$(WHEELHOUSE)/requirements.txt: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; Python 3.11 is required" >&2; exit 1; }
+	rm -rf $(WHEELHOUSE) build/pip && mkdir -p $(WHEELHOUSE)
+	$(PYTHON) -m venv build/pip
+	build/pip/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' > $(WHEELHOUSE)/requirements.in
+	build/pip/bin/python -m pip wheel --quiet -c constraints.txt -r $(WHEELHOUSE)/requirements.in -w $(WHEELHOUSE)
+	mv $(WHEELHOUSE)/requirements.in $@
+
+image: image-tools wheelhouse
+	rm -rf $(IMAGE_CONTEXT) && mkdir -p $(IMAGE_CONTEXT)
+	git archive HEAD | tar -x -C $(IMAGE_CONTEXT)
+	cp -al $(WHEELHOUSE) $(IMAGE_CONTEXT)/wheelhouse
+	$(if $(BASE),,$(BUILDAH) inspect --type image $(DEBIAN_BASE) >/dev/null 2>&1 || \
+	  BUILDAH="$(BUILDAH)" deploy/image/base.sh $(DEBIAN_BASE))
+	$(BUILDAH) bud --isolation chroot --layers --build-arg BASE=$(or $(BASE),$(DEBIAN_BASE)) \
+	  -f $(IMAGE_CONTEXT)/deploy/Containerfile -t $(IMAGE) $(IMAGE_CONTEXT)
+
+# To $(IMAGE_REGISTRY) (host[:port][/path]; credentials: buildah login or REGISTRY_AUTH_FILE);
+# the pushed manifest's digest goes to build/image.digest for a pull by digest.
+push: image-tools
+	@test -n "$(IMAGE_REGISTRY)" || { echo "error: set IMAGE_REGISTRY (make push IMAGE_REGISTRY=host:port)" >&2; exit 1; }
+	$(BUILDAH) push --tls-verify=$(IMAGE_TLS_VERIFY) --digestfile $(IMAGE_DIGEST) \
+	  $(IMAGE) docker://$(IMAGE_REGISTRY)/$(notdir $(IMAGE_NAME)):$(IMAGE_TAG)
+	@echo "pushed $(IMAGE_REGISTRY)/$(notdir $(IMAGE_NAME))@$$(cat $(IMAGE_DIGEST))"
+
+# From a clean clone of HEAD: make image, a run of the sample in the image, make push and a pull
+# by digest (tests/test_image.py); not in `make test`.
+test-image: setup
+	$(BIN)/python -m pytest -m image
