@@ -132,7 +132,8 @@ image-tools:
 	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap skopeo >/dev/null; }
 
 # Wheels of the runtime dependencies ([project] dependencies under constraints.txt), built on the
-# host with network (pyspark is an sdist), so the image build needs none.
+# host with network (pyspark is an sdist), so the image build needs none; plus those that another
+# Python 3.11 patch release needs (deploy/image/marker_wheels.py: bookworm's is 3.11.2).
 wheelhouse: $(WHEELHOUSE)/requirements.txt
 
 $(WHEELHOUSE)/requirements.txt: pyproject.toml constraints.txt
@@ -141,6 +142,11 @@ $(WHEELHOUSE)/requirements.txt: pyproject.toml constraints.txt
 	$(PYTHON) -m venv build/pip
 	build/pip/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' > $(WHEELHOUSE)/requirements.in
 	build/pip/bin/python -m pip wheel --quiet -c constraints.txt -r $(WHEELHOUSE)/requirements.in -w $(WHEELHOUSE)
+	build/pip/bin/python -m pip install --quiet packaging
+	for round in 1 2 3; do \
+	  missing=$$(build/pip/bin/python deploy/image/marker_wheels.py $(WHEELHOUSE)) && [ -n "$$missing" ] || break; \
+	  build/pip/bin/python -m pip wheel --quiet -c constraints.txt -w $(WHEELHOUSE) $$missing; \
+	done
 	mv $(WHEELHOUSE)/requirements.in $@
 
 image: image-tools wheelhouse
