@@ -127,9 +127,14 @@ IMAGE_DIGEST := build/image.digest
 
 .PHONY: wheelhouse image push image-tools test-image
 
+# A Debian package, installed only when its command is missing.
+debian_command = command -v $(1) >/dev/null || \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; }
+
 image-tools:
-	@command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && command -v skopeo >/dev/null || \
-	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap skopeo >/dev/null; }
+	@$(call debian_command,buildah)
+	@$(call debian_command,mmdebstrap)
+	@$(call debian_command,skopeo)
 
 # Wheels of the runtime dependencies ([project] dependencies under constraints.txt), built on the
 # host with network (pyspark is an sdist), so the image build needs none; plus those that another
@@ -150,6 +155,7 @@ $(WHEELHOUSE)/requirements.txt: pyproject.toml constraints.txt
 	mv $(WHEELHOUSE)/requirements.in $@
 
 image: image-tools wheelhouse
+	@git diff --quiet HEAD || echo "note: the image is built from HEAD; uncommitted changes are not in it" >&2
 	rm -rf $(IMAGE_CONTEXT) && mkdir -p $(IMAGE_CONTEXT)
 	git archive HEAD | tar -x -C $(IMAGE_CONTEXT)
 	cp -al $(WHEELHOUSE) $(IMAGE_CONTEXT)/wheelhouse
@@ -168,5 +174,6 @@ push: image-tools
 
 # From a clean clone of HEAD: make image, a run of the sample in the image, make push and a pull
 # by digest (tests/test_image.py); not in `make test`.
-test-image: setup
+test-image: setup image-tools
+	@$(call debian_command,docker-registry)
 	$(BIN)/python -m pytest -m image
