@@ -120,7 +120,10 @@ def listing(container: str, folder: str) -> set[str]:
 
 
 def test_the_image_runs_as_a_numeric_non_root_user_without_data_secrets_or_wheels(image: str, container: str) -> None:
-    assert image_config(image)["OCIv1"]["config"]["User"] == str(IMAGE_UID)
+    config = image_config(image)["OCIv1"]["config"]
+    assert config["User"] == str(IMAGE_UID)
+    # A Kubernetes worker would copy it into every Job (deploy/k8s sets HOME instead).
+    assert not [variable for variable in config["Env"] if variable.startswith("PREFECT_HOME=")]
     assert run_in_container(container, "id", "-u").strip() == str(IMAGE_UID)
     assert not {"data", "tests", "bench", "docs", ".git", ".venv", "build"} & listing(container, "/app")
     assert listing(container, "/app/.dlt") == {"config.toml"}
