@@ -36,6 +36,7 @@ help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline; ELT_MODE=live: real sources)"
 	@echo "make test   set up and run the test suite"
 	@echo "make load | build | report | docs | query | serve | bench | lint | clean | reset"
+	@echo "make image | push | test-image   the container image (deploy/Containerfile), IMAGE_REGISTRY for push"
 	@echo "make deploy | work-pool   the scheduled deployments in a work pool (PREFECT_API_URL, ELT_WORK_POOL, ELT_IMAGE)"
 
 setup: $(SETUP_STAMP)
@@ -78,6 +79,7 @@ serve: setup
 # `elt` (a process pool on a machine with this checkout) or `elt-k8s` (Kubernetes Jobs running ELT_IMAGE).
 ELT_WORK_POOL ?= elt
 K8S_WORK_POOL ?= elt-k8s
+ELT_IMAGE ?= $(IMAGE)
 K8S_JOB_TEMPLATE := deploy/k8s/base-job-template.json
 # Without an API URL, Prefect would deploy to a throwaway local server.
 REQUIRE_PREFECT_API = $(BIN)/python -c "import sys; from prefect.settings import PREFECT_API_URL as u; \
@@ -126,3 +128,77 @@ clean:
 # Forget every run: warehouse, lake, landing, file states, dlt and Prefect state (keeps data/sample).
 reset:
 	find "$(ELT_DATA_DIR)" -mindepth 1 -maxdepth 1 ! -name sample -exec rm -rf {} +
+
+# ---- Container image (deploy/Containerfile; README, "Container image") ----
+# Built from the committed HEAD only (git archive), with buildah from Debian's packages in its own
+# storage (--isolation chroot: this machine's cgroups defeat the OCI runtimes).
+IMAGE_NAME ?= localhost/elt-thin-loaders
+IMAGE_TAG ?= $(shell git rev-parse --short HEAD)
+IMAGE ?= $(IMAGE_NAME):$(IMAGE_TAG)
+# Unset: a bookworm python3.11 root filesystem made by mmdebstrap (no registry needed);
+# else a pullable base, e.g. BASE=docker.io/library/python:3.11-slim-bookworm.
+BASE ?=
+DEBIAN_BASE := localhost/elt-base:bookworm-python3.11
+IMAGE_STORE ?= /var/tmp/elt-image-store
+BUILDAH := buildah --root $(IMAGE_STORE)/root --runroot $(IMAGE_STORE)/run --storage-driver overlay
+IMAGE_REGISTRY ?=
+IMAGE_TLS_VERIFY ?= true
+WHEELHOUSE := build/wheelhouse
+IMAGE_CONTEXT := build/context
+IMAGE_DIGEST := build/image.digest
+# The pushed image by digest (registry/name@sha256:...): what `make deploy ELT_IMAGE=...` pins.
+PUSHED_IMAGE := build/pushed-image
+
+.PHONY: wheelhouse image push image-tools test-image
+
+# A Debian package, installed only when its command is missing.
+debian_command = command -v $(1) >/dev/null || \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; }
+
+image-tools:
+	@$(call debian_command,buildah)
+	@$(call debian_command,mmdebstrap)
+	@$(call debian_command,skopeo)
+
+# Wheels of the runtime dependencies ([project] dependencies under constraints.txt), built on the
+# host with network (pyspark is an sdist), so the image build needs none; plus those that another
+# Python 3.11 patch release needs (deploy/image/marker_wheels.py: bookworm's is 3.11.2).
+wheelhouse: $(WHEELHOUSE)/requirements.txt
+
+$(WHEELHOUSE)/requirements.txt: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; Python 3.11 is required" >&2; exit 1; }
+	rm -rf $(WHEELHOUSE) build/pip && mkdir -p $(WHEELHOUSE)
+	$(PYTHON) -m venv build/pip
+	build/pip/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' > $(WHEELHOUSE)/requirements.in
+	build/pip/bin/python -m pip wheel --quiet -c constraints.txt -r $(WHEELHOUSE)/requirements.in -w $(WHEELHOUSE)
+	build/pip/bin/python -m pip install --quiet packaging
+	for round in 1 2 3; do \
+	  missing=$$(build/pip/bin/python deploy/image/marker_wheels.py $(WHEELHOUSE)) && [ -n "$$missing" ] || break; \
+	  build/pip/bin/python -m pip wheel --quiet -c constraints.txt -w $(WHEELHOUSE) $$missing; \
+	done
+	mv $(WHEELHOUSE)/requirements.in $@
+
+image: image-tools wheelhouse
+	@git diff --quiet HEAD || echo "note: the image is built from HEAD; uncommitted changes are not in it" >&2
+	rm -rf $(IMAGE_CONTEXT) && mkdir -p $(IMAGE_CONTEXT)
+	git archive HEAD | tar -x -C $(IMAGE_CONTEXT)
+	cp -al $(WHEELHOUSE) $(IMAGE_CONTEXT)/wheelhouse
+	$(if $(BASE),,$(BUILDAH) inspect --type image $(DEBIAN_BASE) >/dev/null 2>&1 || \
+	  BUILDAH="$(BUILDAH)" deploy/image/base.sh $(DEBIAN_BASE))
+	$(BUILDAH) bud --isolation chroot --layers --build-arg BASE=$(or $(BASE),$(DEBIAN_BASE)) \
+	  -f $(IMAGE_CONTEXT)/deploy/Containerfile -t $(IMAGE) $(IMAGE_CONTEXT)
+
+# To $(IMAGE_REGISTRY) (host[:port][/path]; credentials: buildah login or REGISTRY_AUTH_FILE);
+# the pushed manifest's digest goes to build/image.digest, the reference by digest to build/pushed-image.
+push: image-tools
+	@test -n "$(IMAGE_REGISTRY)" || { echo "error: set IMAGE_REGISTRY (make push IMAGE_REGISTRY=host:port)" >&2; exit 1; }
+	$(BUILDAH) push --tls-verify=$(IMAGE_TLS_VERIFY) --digestfile $(IMAGE_DIGEST) \
+	  $(IMAGE) docker://$(IMAGE_REGISTRY)/$(notdir $(IMAGE_NAME)):$(IMAGE_TAG)
+	@echo "$(IMAGE_REGISTRY)/$(notdir $(IMAGE_NAME))@$$(cat $(IMAGE_DIGEST))" > $(PUSHED_IMAGE)
+	@echo "pushed $$(cat $(PUSHED_IMAGE))"
+
+# From a clean clone of HEAD: make image, a run of the sample in the image, make push and a pull
+# by digest (tests/test_image.py); not in `make test`.
+test-image: setup image-tools
+	@$(call debian_command,docker-registry)
+	$(BIN)/python -m pytest -m image

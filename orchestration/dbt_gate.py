@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ AUDIT_VARS = json.dumps({"audit": True, **VARS})
 FAILED = ("fail", "error")
 SAMPLE_ROWS = 5
 PUBLISHED_INPUTS = "published_inputs.json"
+PARTIAL_PARSE = "partial_parse.msgpack"
 LOAD_MARKERS = ("_dlt_load_id", "batch_id")
 PROJECT_OUTPUT_DIRS = ("target", "logs", "dbt_packages")
 
@@ -59,6 +61,17 @@ def target_dir() -> Path:
     return data_dir() / "dbt_target"
 
 
+def seed_partial_parse() -> None:
+    """A target dir without a parse starts from the one in dbt's default target dir, which the
+    image bakes at build time (deploy/Containerfile), so a container's first run does not parse
+    the whole project. dbt checks the seed itself: different vars, profile or files re-parse."""
+    baked = DBT_PROJECT_DIR / "target" / PARTIAL_PARSE
+    seeded = target_dir() / PARTIAL_PARSE
+    if baked.exists() and not seeded.exists():
+        seeded.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(baked, seeded)
+
+
 def invoke(args: list[str]):
     """Run one dbt command through PrefectDbtRunner (one Prefect task per node inside a flow).
 
@@ -73,6 +86,7 @@ def invoke(args: list[str]):
     os.environ["DBT_DUCKDB_KEEP_OPEN"] = "False"
     if args[0] not in ("build", "retry", "source", "parse"):
         args = [*args, "--no-write-json"]
+    seed_partial_parse()
     settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target_dir())
     log.info("dbt %s", " ".join(args))
     return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
@@ -85,6 +99,7 @@ def listed(selector: str) -> list[str]:
 
     project = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
     options = [*project, "--target-path", str(target_dir()), "--vars", AUDIT_VARS, "--no-write-json"]
+    seed_partial_parse()
     return selector_nodes(dbtRunner(), selector, *options)
 
 
