@@ -79,7 +79,8 @@ serve: setup
 # `elt` (a process pool on a machine with this checkout) or `elt-k8s` (Kubernetes Jobs running ELT_IMAGE).
 ELT_WORK_POOL ?= elt
 K8S_WORK_POOL ?= elt-k8s
-ELT_IMAGE ?= $(IMAGE)
+# The image the Kubernetes pool's Jobs run, as a registry can serve it (CI: build/pushed-image).
+ELT_IMAGE ?=
 K8S_JOB_TEMPLATE := deploy/k8s/base-job-template.json
 # Without an API URL, Prefect would deploy to a throwaway local server.
 REQUIRE_PREFECT_API = $(BIN)/python -c "import sys; from prefect.settings import PREFECT_API_URL as u; \
@@ -165,15 +166,17 @@ image-tools:
 # Python 3.11 patch release needs (deploy/image/marker_wheels.py: bookworm's is 3.11.2).
 wheelhouse: $(WHEELHOUSE)/requirements.txt
 
-$(WHEELHOUSE)/requirements.txt: pyproject.toml constraints.txt
+$(WHEELHOUSE)/requirements.txt: pyproject.toml constraints.txt deploy/image/marker_wheels.py
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; Python 3.11 is required" >&2; exit 1; }
 	rm -rf $(WHEELHOUSE) build/pip && mkdir -p $(WHEELHOUSE)
 	$(PYTHON) -m venv build/pip
 	build/pip/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' > $(WHEELHOUSE)/requirements.in
 	build/pip/bin/python -m pip wheel --quiet -c constraints.txt -r $(WHEELHOUSE)/requirements.in -w $(WHEELHOUSE)
 	build/pip/bin/python -m pip install --quiet packaging
-	for round in 1 2 3; do \
-	  missing=$$(build/pip/bin/python deploy/image/marker_wheels.py $(WHEELHOUSE)) && [ -n "$$missing" ] || break; \
+	for round in 1 2 3 4; do \
+	  missing=$$(build/pip/bin/python deploy/image/marker_wheels.py $(WHEELHOUSE)) || exit 1; \
+	  [ -n "$$missing" ] || break; \
+	  [ $$round -lt 4 ] || { echo "error: wheels still missing after 3 rounds: $$missing" >&2; exit 1; }; \
 	  build/pip/bin/python -m pip wheel --quiet -c constraints.txt -w $(WHEELHOUSE) $$missing; \
 	done
 	mv $(WHEELHOUSE)/requirements.in $@

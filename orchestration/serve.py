@@ -53,6 +53,19 @@ def cron_schedule(entry: dict) -> Cron:
     return Cron(entry["cron"], timezone=entry.get("timezone"))
 
 
+# What serving takes from a prefect.yaml deployment; the work pool is where `make deploy` puts it.
+SERVED_KEYS = {"name", "entrypoint", "description", "parameters", "schedules"}
+DEPLOYED_ONLY_KEYS = {"work_pool"}
+
+
+def refuse_unserved_keys(entry: dict) -> dict:
+    """A key serving would ignore (tags, concurrency_limit, paused…) would make the served
+    deployment differ from the deployed one: refused until serving applies it too."""
+    if unserved := set(entry) - SERVED_KEYS - DEPLOYED_ONLY_KEYS:
+        raise ValueError(f"prefect.yaml deployment {entry.get('name')!r}: {sorted(unserved)} would not be served")
+    return entry
+
+
 def deployments() -> list[RunnerDeployment]:
     """prefect.yaml's deployments as this process serves them: same names, schedules, parameters."""
     return [
@@ -62,7 +75,7 @@ def deployments() -> list[RunnerDeployment]:
             parameters=entry.get("parameters") or {},
             description=entry.get("description"),
         )
-        for entry in declared_deployments()
+        for entry in map(refuse_unserved_keys, declared_deployments())
     ]
 
 

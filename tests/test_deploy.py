@@ -3,6 +3,7 @@ real local Prefect server exactly as `make serve` serves them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
 from core.settings import PROJECT_ROOT
+from orchestration import serve
 from orchestration.serve import deployments
 
 pytestmark = pytest.mark.integration
@@ -21,14 +23,28 @@ pytestmark = pytest.mark.integration
 IMAGE = "registry.example:5000/elt-thin-loaders:0123abc"
 
 
-def make(target: str, tmp_path, **env: str) -> subprocess.CompletedProcess:
-    """A make target as CI's deploy job calls it, against the test's Prefect server."""
-    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path), **env}
-    done = subprocess.run(
-        ["make", "--no-print-directory", target], cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True
+def run_make(target: str, **env: str) -> subprocess.CompletedProcess:
+    """A make target as CI's deploy job calls it; the Prefect settings come from `env` only."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith(("PREFECT_", "ELT_IMAGE"))}
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=PROJECT_ROOT,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
     )
+
+
+def make(target: str, tmp_path, **env: str) -> subprocess.CompletedProcess:
+    """A make target against the test's Prefect server; it must succeed."""
+    done = run_make(target, PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_HOME=str(tmp_path), **env)
     assert done.returncode == 0, f"make {target} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
+
+
+def prefect_cli(*args: str) -> None:
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    subprocess.run([sys.executable, "-m", "prefect", *args], env=env, check=True, capture_output=True)
 
 
 def schedule_fields(schedule) -> dict:
@@ -62,20 +78,26 @@ def deployed(pool: str) -> dict[str, tuple[dict, dict]]:
         }
 
 
-@pytest.mark.parametrize(
-    ("pool", "pool_target", "pool_type"),
-    [("elt", None, "process"), ("elt-k8s", "work-pool", "kubernetes")],
-)
-def test_make_deploy_puts_the_served_deployments_in_the_pool(prefect_api, tmp_path, pool, pool_target, pool_type):
-    if pool_target:
-        make(pool_target, tmp_path)
+K8S_JOB_TEMPLATE = PROJECT_ROOT / "deploy" / "k8s" / "base-job-template.json"
+
+
+def test_make_work_pool_replaces_a_pools_template_with_the_committed_one(prefect_api, tmp_path):
+    prefect_cli("work-pool", "create", "elt-k8s", "--type", "kubernetes")  # Prefect's default template
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("elt-k8s").base_job_template != json.loads(K8S_JOB_TEMPLATE.read_text())
+    make("work-pool", tmp_path)
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("elt-k8s")
+    assert pool.type == "kubernetes"
+    assert pool.base_job_template == json.loads(K8S_JOB_TEMPLATE.read_text())
+
+
+@pytest.mark.parametrize(("pool", "pool_type"), [("elt", "process"), ("elt-k8s", "kubernetes")])
+def test_make_deploy_puts_the_served_deployments_in_the_pool(prefect_api, tmp_path, pool, pool_type):
+    if pool_type == "kubernetes":
+        make("work-pool", tmp_path)
     else:
-        subprocess.run(
-            [sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "process"],
-            env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
-            check=True,
-            capture_output=True,
-        )
+        prefect_cli("work-pool", "create", pool, "--type", "process", "--overwrite")
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(pool).type == pool_type
 
@@ -90,6 +112,29 @@ def test_make_deploy_puts_the_served_deployments_in_the_pool(prefect_api, tmp_pa
         name: {"work_pool_name": pool, "job_variables": {"image": IMAGE}, "pull_steps": run_time_directory}
         for name in served
     }
+
+
+def test_make_deploy_needs_a_prefect_api_and_for_kubernetes_an_image(tmp_path):
+    """Without an API URL Prefect would deploy to a throwaway server; a Kubernetes pool without
+    an image would start Jobs that cannot pull. Both stop before `prefect deploy` runs."""
+    no_api = run_make("deploy", PREFECT_HOME=str(tmp_path))
+    assert no_api.returncode != 0 and "set PREFECT_API_URL" in no_api.stderr
+    assert "prefect --no-prompt deploy" not in no_api.stdout
+    no_image = run_make(
+        "deploy", PREFECT_HOME=str(tmp_path), PREFECT_API_URL="http://127.0.0.1:9/api", ELT_WORK_POOL="elt-k8s"
+    )
+    assert no_image.returncode != 0 and "set ELT_IMAGE" in no_image.stderr
+    assert "prefect --no-prompt deploy" not in no_image.stdout
+
+
+def test_a_deployment_key_serving_would_ignore_is_refused(tmp_path, monkeypatch):
+    """One definition: a key `prefect deploy` would apply and serving would not must not pass silently."""
+    definition = yaml.safe_load(serve.PREFECT_YAML.read_text())
+    definition["deployments"][0]["concurrency_limit"] = 1
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(definition))
+    monkeypatch.setattr(serve, "PREFECT_YAML", tmp_path / "prefect.yaml")
+    with pytest.raises(ValueError, match="concurrency_limit"):
+        serve.deployments()
 
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"

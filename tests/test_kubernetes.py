@@ -175,6 +175,8 @@ def test_the_worker_runs_unprivileged_on_a_read_only_root():
     pod = the("Deployment", "prefect-worker")["spec"]["template"]["spec"]
     security = worker_container()["securityContext"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == image_uid()
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"  # Pod Security: restricted
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
@@ -288,11 +290,26 @@ def deployments() -> list[dict]:
         ]
 
 
+CONTAINERFILE = PROJECT_ROOT / "deploy" / "Containerfile"
+
+
+def image_environment() -> dict[str, str]:
+    """The ENV the image sets (deploy/Containerfile's last stage), which the worker runs under."""
+    last_stage = CONTAINERFILE.read_text().rsplit("\nFROM ", 1)[-1].replace("\\\n", " ")
+    assignments = [line.split(None, 1)[1] for line in last_stage.splitlines() if line.startswith("ENV ")]
+    return dict(pair.split("=", 1) for assignment in assignments for pair in assignment.split())
+
+
+def image_uid() -> int:
+    return int(re.search(r"^ARG UID=(\d+)$", CONTAINERFILE.read_text(), re.MULTILINE).group(1))
+
+
 def worker_environment(home: Path) -> dict[str, str]:
-    """The worker container's environment from its manifest: values, ConfigMap references
-    resolved from the kustomization; an optional Secret that is not committed is absent, as in
-    Kubernetes. HOME is a scratch folder: Prefect may write there, and the machine's must not show."""
-    env = {"PATH": "/usr/bin:/bin"}
+    """The worker container's environment: the image's ENV, under its manifest's values and
+    ConfigMap references resolved from the kustomization; an optional Secret that is not
+    committed is absent, as in Kubernetes. HOME is a scratch folder: Prefect may write there, and
+    the machine's must not show."""
+    env = image_environment()
     for entry in worker_container()["env"]:
         if "value" in entry:
             env[entry["name"]] = entry["value"]
@@ -404,6 +421,10 @@ def test_the_job_is_unprivileged_sized_and_left_to_prefect_to_retry(rendered, na
     job = rendered[name]["job"]
     container = container_of(job)
     assert pod_spec(job)["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec(job)["securityContext"]["runAsUser"] == image_uid()
+    # The namespace enforces Pod Security `restricted`, which admits no pod without a seccomp profile.
+    assert the("Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert pod_spec(job)["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert set(container["resources"]["requests"]) == {"cpu", "memory"}
