@@ -44,10 +44,14 @@ def ensure_data_dir() -> Path:
 
 
 def data_dir_or_exit() -> Path:
-    """ensure_data_dir for command lines: the reason as one line and exit status 2, no traceback."""
+    """Every command line starts here: secrets resolved into the environment (core/secrets.py),
+    then ensure_data_dir; a failure is one line and exit status 2, no traceback."""
+    from core.secrets import SecretsError, resolve_into_environment
+
     try:
+        resolve_into_environment()
         return ensure_data_dir()
-    except DataDirError as error:
+    except (DataDirError, SecretsError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -27,8 +27,10 @@ from loaders.http import FileAdapter, Throttle
 from loaders.landing import archive, sha256_hex
 from loaders.pipelines import source_state
 from loaders.seasons import resolve_start_year
+from loaders.secrets_provider import register_secret_manager
 
 log = logging.getLogger(__name__)
+register_secret_manager()  # the token: environment → .dlt/secrets.toml → the manager
 
 LIVE_BASE_URL = "https://api.football-data.org/v4"
 SKIPPABLE_STATUSES = {403: "not in the API plan", 404: "not found"}

@@ -28,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import get_current_settings
 
+from core.secrets import resolve_into_environment
 from core.settings import data_dir, data_dir_or_exit, ensure_data_dir
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.pipelines import pipeline
@@ -261,6 +262,7 @@ def elt(
             incoming/); default: ELT_MODE, else the mode the data dir remembers, else sample.
     """
     started = time.monotonic()
+    resolve_into_environment()  # served and worker runs start here, not in main()
     ensure_data_dir()
     if target:
         os.environ["ELT_TARGET"] = target

@@ -1,0 +1,269 @@
+"""Secrets (core/secrets.py, loaders/secrets_provider.py): environment → local files → AWS
+Secrets Manager, against moto's Secrets Manager server on 127.0.0.1 with a real boto3 client,
+real Postgres and real dbt."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from core.secrets import football_api_token, resolve_into_environment
+from core.settings import PROJECT_ROOT, postgres_credentials
+from loaders.football_api import FootballApiError, football_api
+from loaders.pipelines import pipeline
+
+from .api_replay import TOKEN
+from .conftest import QUIET_TOOLS, require_postgres, run_dbt
+from .processes import free_port
+from .test_football_api import FAST, columns_containing
+
+pytestmark = pytest.mark.integration
+SECRET_VARIABLES = (
+    "ELT_ENV",
+    "ELT_SECRETS_PREFIX",
+    "ELT_SECRETS_FAIL_CLOSED",
+    "ELT_SECRETS_FILLED",
+    "SOURCES__FOOTBALL_API__API_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_PROFILE",
+)
+
+
+def isolate(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """The manager at `endpoint`; nothing from the caller's environment picks secrets for us."""
+    for name in SECRET_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {
+        "ELT_SECRETS": "aws",
+        "AWS_ENDPOINT_URL_SECRETSMANAGER": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def manager(monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """moto's Secrets Manager on loopback; the boto3 client the test writes secrets with."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    isolate(monkeypatch, endpoint)
+    requests.post(f"{endpoint}/moto-api/reset", timeout=10)  # moto keeps its state per process
+    try:
+        yield boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def manager_down(monkeypatch: pytest.MonkeyPatch) -> str:
+    """ELT_SECRETS=aws pointing at a port nothing listens on."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    isolate(monkeypatch, endpoint)
+    return endpoint
+
+
+def api_source(api, **options):
+    """The football_api source without an api_token argument: dlt resolves it through the chain."""
+    return football_api(
+        competitions=["BL1"], season=2022, base_url=api.base_url, calls_per_minute=0, policy=FAST, **options
+    )
+
+
+def tokens_sent(api) -> set[str | None]:
+    return {token for _, _, token in api.log}
+
+
+@pytest.mark.one_target
+def test_the_token_from_the_manager_is_sent_and_written_nowhere(data_dir, replay_api, manager, caplog, capfd):
+    manager.create_secret(Name="elt/dev/football-api-token", SecretString=TOKEN)
+    with caplog.at_level(logging.DEBUG):
+        pipeline("football_api", "raw_football_api").run(api_source(replay_api))
+    assert tokens_sent(replay_api) == {TOKEN}
+    assert TOKEN not in caplog.text
+    captured = capfd.readouterr()
+    assert TOKEN not in captured.out + captured.err
+    written = [path for path in data_dir.rglob("*") if path.is_file()]
+    assert any("landing" in str(path) for path in written)
+    assert any(".dlt_pipelines" in str(path) for path in written)  # dlt's state is scanned too
+    for path in written:
+        assert TOKEN.encode() not in path.read_bytes(), path
+    assert columns_containing(TOKEN) == []
+
+
+@pytest.mark.one_target
+def test_an_environment_variable_beats_the_manager(data_dir, replay_api, manager, monkeypatch):
+    manager.create_secret(Name="elt/dev/football-api-token", SecretString="the-managers-token")
+    monkeypatch.setenv("SOURCES__FOOTBALL_API__API_TOKEN", TOKEN)
+    api_source(replay_api)
+    assert tokens_sent(replay_api) == {TOKEN}
+
+
+@pytest.mark.one_target
+def test_a_rotated_token_is_seen_by_the_next_run(data_dir, replay_api, manager):
+    manager.create_secret(Name="elt/dev/football-api-token", SecretString=TOKEN)
+    api_source(replay_api)
+    manager.put_secret_value(SecretId="elt/dev/football-api-token", SecretString="rotated-token-7c2e")
+    with pytest.raises(FootballApiError):  # the replay API knows only TOKEN
+        api_source(replay_api)
+    assert [token for _, _, token in replay_api.log] == [TOKEN, "rotated-token-7c2e"]
+
+
+def test_staging_and_prod_prefixes_are_kept_apart(manager, monkeypatch):
+    manager.create_secret(Name="elt/staging/football-api-token", SecretString="staging-token")
+    manager.create_secret(Name="elt/prod/football-api-token", SecretString="prod-token")
+    manager.create_secret(Name="elt/prod/postgres", SecretString=json.dumps({"username": "prod_user", "password": "p"}))
+    monkeypatch.setenv("ELT_ENV", "staging")
+    environ = {"ELT_ENV": "staging", **{k: v for k, v in os.environ.items() if not k.startswith("PG")}}
+    assert football_api_token() == "staging-token"
+    assert resolve_into_environment(environ) == {}
+    assert "PGUSER" not in environ
+    monkeypatch.setenv("ELT_ENV", "prod")
+    assert football_api_token() == "prod-token"
+    monkeypatch.delenv("ELT_ENV")
+    assert football_api_token() is None  # dev has none
+    monkeypatch.setenv("ELT_SECRETS_PREFIX", "elt/staging/")
+    assert football_api_token() == "staging-token"
+
+
+def test_a_local_postgres_user_beats_the_secret_which_is_never_half_used(manager, tmp_path):
+    secret = {"host": "db.example", "username": "secret_user", "password": "secret-pass-9d1", "dbname": "secret_db"}
+    manager.create_secret(Name="elt/dev/postgres", SecretString=json.dumps(secret))
+    local = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    environ = {**local, "PGUSER": "postgres"}
+    assert resolve_into_environment(environ, tmp_path / "no.env") == {}
+    assert "PGPASSWORD" not in environ  # not the secret's password with a local user
+    assert "PGHOST" not in environ  # nor its host: the connection is the local one
+
+    environ = {**local, "PGHOST": "127.0.0.1"}
+    (tmp_path / ".env").write_text("PGDATABASE=from_dotenv\n")
+    sources = resolve_into_environment(environ, tmp_path / ".env")
+    assert (environ["PGHOST"], environ["PGDATABASE"]) == ("127.0.0.1", "from_dotenv")  # env, .env first
+    assert (environ["PGUSER"], environ["PGPASSWORD"]) == ("secret_user", "secret-pass-9d1")
+    assert sources == {"PGDATABASE": ".env", "PGUSER": "secret manager", "PGPASSWORD": "secret manager"}
+
+
+def test_manager_down_in_dev_is_one_warning_and_local_values(manager_down, replay_api, monkeypatch, caplog, tmp_path):
+    for name in ("PGUSER", "PGPASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text(f"SOURCES__FOOTBALL_API__API_TOKEN={TOKEN}\n")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        resolve_into_environment(dotenv_file=tmp_path / ".env")
+        resolve_into_environment(dotenv_file=tmp_path / ".env")  # a second entry point in the same process
+        api_source(replay_api)
+        monkeypatch.delenv("SOURCES__FOOTBALL_API__API_TOKEN")
+        assert football_api_token() is None  # asked of the manager: no second warning
+    assert time.monotonic() - started < 10
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [record.getMessage() for record in warnings]
+    assert "elt/dev/postgres" in warnings[0].getMessage()
+    assert tokens_sent(replay_api) == {TOKEN}  # the .env value was used
+
+
+def test_secrets_all_set_locally_never_ask_a_down_manager(manager_down, monkeypatch, caplog):
+    monkeypatch.setenv("PGUSER", "postgres")
+    monkeypatch.setenv("PGPASSWORD", "local")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_into_environment(dotenv_file=PROJECT_ROOT / "no-such.env") == {}
+    assert caplog.records == []
+
+
+def test_manager_down_in_prod_fails_closed_naming_the_secret(manager_down, monkeypatch):
+    monkeypatch.setenv("ELT_ENV", "prod")
+    monkeypatch.setenv("SOURCES__FOOTBALL_API__API_TOKEN", "local-token-5e8a")
+    for name in ("PGUSER", "PGPASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    env = {**os.environ, **QUIET_TOOLS}
+    result = subprocess.run(
+        [sys.executable, "-m", "loaders", "status"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "secret 'elt/prod/postgres' could not be read" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "local-token-5e8a" not in result.stdout + result.stderr
+    monkeypatch.setenv("ELT_SECRETS_FAIL_CLOSED", "false")  # prod may choose dev's fallback
+    assert resolve_into_environment(dotenv_file=PROJECT_ROOT / "no-such.env") == {}
+
+
+def test_the_token_fails_closed_in_prod_through_dlt(manager_down, replay_api, monkeypatch):
+    monkeypatch.setenv("ELT_ENV", "prod")
+    with pytest.raises(Exception) as failure:
+        api_source(replay_api)
+    assert "elt/prod/football-api-token" in str(failure.value)
+    assert replay_api.log == []
+
+
+@pytest.fixture
+def postgres_role() -> Iterator[tuple[str, str, str]]:
+    """A login role of the test's own and a database it owns: (role, password, database)."""
+    import psycopg2
+
+    require_postgres()
+    suffix = uuid.uuid4().hex[:10]
+    role, password, database = f"elt_secret_{suffix}", f"pw-{suffix}", f"elt_test_secret_{suffix}"
+    admin = psycopg2.connect(postgres_credentials())
+    admin.autocommit = True
+    try:
+        admin.cursor().execute(f"create role {role} login password %s", [password])
+        admin.cursor().execute(f'create database "{database}" owner {role}')
+        yield role, password, database
+    finally:
+        admin.cursor().execute(f'drop database if exists "{database}" with (force)')
+        admin.cursor().execute(f"drop role if exists {role}")
+        admin.close()
+
+
+def test_postgres_credentials_from_the_secret_are_used_by_dlt_dbt_and_the_catalog(
+    manager, postgres_role, monkeypatch, tmp_path
+):
+    from lake.catalog import catalog
+
+    role, password, database = postgres_role
+    secret = {"host": "127.0.0.1", "port": 5432, "username": role, "password": password, "dbname": database}
+    manager.create_secret(Name="elt/dev/postgres", SecretString=json.dumps(secret))
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ELT_TARGET", "postgres")
+    monkeypatch.setenv("ELT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ICEBERG_CATALOG_URI", "postgresql+psycopg2://")  # libpq takes the rest from PG*
+    resolve_into_environment(dotenv_file=tmp_path / "no.env")
+    assert os.environ["PGUSER"] == role
+
+    pipeline("secrets_probe", "secrets_probe").run([{"id": 1}], table_name="probe")
+    lake = catalog()
+    with lake.engine.connect() as connection:
+        catalog_user = connection.exec_driver_sql("select current_user").scalar()
+    dbt = run_dbt("show", "--inline", "select current_user as dbt_user", "--output", "json", data_dir=tmp_path / "data")
+
+    import psycopg2
+
+    admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname=database)
+    try:
+        cursor = admin.cursor()
+        cursor.execute("select tableowner from pg_tables where schemaname = 'secrets_probe' and tablename = 'probe'")
+        assert cursor.fetchall() == [(role,)]  # dlt's load connected as the secret's user
+    finally:
+        admin.close()
+    assert catalog_user == role
+    assert f'"dbt_user": "{role}"' in dbt.stdout
