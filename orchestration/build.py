@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
+from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir_or_exit
 from core.warehouse import WarehouseBusy, held_for_writing
 from orchestration import build_plan
 
@@ -22,6 +22,7 @@ VARS = json.dumps(build_plan.VARS)
 def main(argv: list[str]) -> int:
     """dbt runs in this process while it holds the DuckDB warehouse: a separate `dbt` meeting
     another process's lock fails at once; this waits for it (ELT_LOCK_TIMEOUT), then one line."""
+    data_dir_or_exit()  # secrets first: dbt, in this process, reads the PG* they fill
     try:
         with held_for_writing():
             return plan_and_build(argv)

@@ -267,3 +267,29 @@ def test_postgres_credentials_from_the_secret_are_used_by_dlt_dbt_and_the_catalo
         admin.close()
     assert catalog_user == role
     assert f'"dbt_user": "{role}"' in dbt.stdout
+
+
+def test_object_storage_keys_come_from_the_secret_and_the_manager_keeps_its_own(manager, monkeypatch, tmp_path):
+    from core.secrets import AwsSecretsManager, secrets_config
+
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text("[manager]\naws_access_key_id = manager-key\naws_secret_access_key = manager-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "manager")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("PGUSER", "postgres")  # the Postgres connection is local here
+    name = "elt/dev/object-storage"
+    manager.create_secret(Name=name, SecretString=json.dumps({"access_key_id": "lake-1", "secret_access_key": "s-1"}))
+    resolve_into_environment(dotenv_file=tmp_path / "no.env")
+    assert (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]) == ("lake-1", "s-1")
+
+    # A later resolution (a child process, a served run) reaches the manager with its own
+    # credentials, not the lake's now in the environment, and sees the rotated keys.
+    manager.put_secret_value(
+        SecretId=name, SecretString=json.dumps({"access_key_id": "lake-2", "secret_access_key": "s-2"})
+    )
+    client = AwsSecretsManager(secrets_config()).client()
+    assert client._request_signer._credentials.access_key == "manager-key"  # boto3 has no public getter
+    resolve_into_environment(dotenv_file=tmp_path / "no.env")
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "lake-2"
