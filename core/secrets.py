@@ -132,8 +132,9 @@ class AwsSecretsManager:
             import botocore.session
             from botocore.config import Config
 
-            # botocore logs response bodies (the secret values) at DEBUG: never, whatever the level.
-            logging.getLogger("botocore.parsers").setLevel(logging.INFO)
+            # botocore logs response bodies (the secret values) at DEBUG and where it found
+            # credentials at INFO: neither belongs in a run's output, whatever the level.
+            logging.getLogger("botocore").setLevel(logging.WARNING)
             core_session = botocore.session.Session()
             if {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & filled_by_manager():
                 # Those keys are the lake's, taken from the manager; the manager is reached as before.

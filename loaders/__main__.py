@@ -19,6 +19,7 @@ import sys
 
 from dlt.pipeline.exceptions import PipelineStepFailed
 
+from core.secrets import SecretsError
 from core.settings import data_dir, data_dir_or_exit, target
 from core.storage import StorageError
 from core.warehouse import WarehouseBusy, held_for_writing
@@ -210,6 +211,7 @@ KNOWN_ERRORS = (
     SeasonError,
     ModeError,
     RegistryError,
+    SecretsError,
     StorageError,
     WarehouseBusy,
 )

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from core.secrets import football_api_token, resolve_into_environment
+from core.secrets import SecretsError, football_api_token, resolve_into_environment
 from core.settings import PROJECT_ROOT, postgres_credentials
 from loaders.football_api import FootballApiError, football_api
 from loaders.pipelines import pipeline
@@ -206,11 +206,22 @@ def test_manager_down_in_prod_fails_closed_naming_the_secret(manager_down, monke
     assert resolve_into_environment(dotenv_file=PROJECT_ROOT / "no-such.env") == {}
 
 
-def test_the_token_fails_closed_in_prod_through_dlt(manager_down, replay_api, monkeypatch):
+def test_the_token_fails_closed_in_prod_through_dlt(manager_down, replay_api, monkeypatch, tmp_path):
     monkeypatch.setenv("ELT_ENV", "prod")
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(SecretsError, match="'elt/prod/football-api-token' could not be read"):
         api_source(replay_api)
-    assert "elt/prod/football-api-token" in str(failure.value)
+    assert replay_api.log == []
+
+    env = {**os.environ, **QUIET_TOOLS, "PGUSER": "postgres", "ELT_DATA_DIR": str(tmp_path / "data")}
+    command = ["-m", "loaders", "football-api", "--base-url", replay_api.base_url, "--competitions", "BL1"]
+    result = subprocess.run(
+        [sys.executable, *command, "--season", "2022"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: secret 'elt/prod/football-api-token' could not be read from the secret manager "
+        "(EndpointConnectionError) and ELT_ENV=prod fails closed (ELT_SECRETS_FAIL_CLOSED)"
+    ]
     assert replay_api.log == []
 
 
