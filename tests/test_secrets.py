@@ -258,6 +258,9 @@ def test_postgres_credentials_from_the_secret_are_used_by_dlt_dbt_and_the_catalo
     monkeypatch.setenv("ELT_TARGET", "postgres")
     monkeypatch.setenv("ELT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("ICEBERG_CATALOG_URI", "postgresql+psycopg2://")  # libpq takes the rest from PG*
+    # The command line gets the test's database locally (so a broken chain cannot write to the
+    # server's default one), and its credentials only from the secret.
+    unresolved = {**os.environ, **QUIET_TOOLS, "ELT_DATA_DIR": str(tmp_path / "cli-data"), "PGDATABASE": database}
     resolve_into_environment(dotenv_file=tmp_path / "no.env")
     assert os.environ["PGUSER"] == role
 
@@ -274,6 +277,12 @@ def test_postgres_credentials_from_the_secret_are_used_by_dlt_dbt_and_the_catalo
         cursor = admin.cursor()
         cursor.execute("select tableowner from pg_tables where schemaname = 'secrets_probe' and tablename = 'probe'")
         assert cursor.fetchall() == [(role,)]  # dlt's load connected as the secret's user
+        # A command line resolves the chain itself, at its start.
+        command = [sys.executable, "-m", "loaders", "football-csv", "--divisions", "E0"]
+        result = subprocess.run(command, cwd=PROJECT_ROOT, env=unresolved, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        cursor.execute("select distinct tableowner from pg_tables where schemaname = 'raw_football'")
+        assert cursor.fetchall() == [(role,)]
     finally:
         admin.close()
     assert catalog_user == role
