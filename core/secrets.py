@@ -115,7 +115,9 @@ def local_value(variable: str, environ: Mapping[str, str] = os.environ, dotenv: 
     return dotenv.get(variable)
 
 
-_warned_unreachable: set[tuple[str | None, str | None]] = set()
+# Managers found unreachable in this process: in dev they are not asked again (one warning, one
+# timeout at most per process); failing closed asks each time.
+_unreachable: set[tuple[str | None, str | None]] = set()
 
 
 class AwsSecretsManager:
@@ -172,6 +174,9 @@ def read_from_manager(name: str, config: SecretsConfig, manager: AwsSecretsManag
     if manager is None:
         return None
     full_name = f"{config.prefix}{name}"
+    where = (config.endpoint, config.region)
+    if where in _unreachable and not config.fail_closed:
+        return None
     try:
         return manager.read(full_name)
     except ManagerUnreachable as reason:
@@ -180,15 +185,13 @@ def read_from_manager(name: str, config: SecretsConfig, manager: AwsSecretsManag
                 f"secret {full_name!r} could not be read from the secret manager ({reason}) "
                 f"and ELT_ENV={config.environment} fails closed (ELT_SECRETS_FAIL_CLOSED)"
             ) from None
-        where = (config.endpoint, config.region)
-        if where not in _warned_unreachable:
-            _warned_unreachable.add(where)
-            log.warning(
-                "secret manager unreachable (%s) reading %r: using local values only in %s",
-                reason,
-                full_name,
-                config.environment,
-            )
+        _unreachable.add(where)
+        log.warning(
+            "secret manager unreachable (%s) reading %r: using local values only in %s",
+            reason,
+            full_name,
+            config.environment,
+        )
         return None
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -71,11 +73,28 @@ def manager(monkeypatch: pytest.MonkeyPatch) -> Iterator:
 
 
 @pytest.fixture
-def manager_down(monkeypatch: pytest.MonkeyPatch) -> str:
-    """ELT_SECRETS=aws pointing at a port nothing listens on."""
-    endpoint = f"http://127.0.0.1:{free_port()}"
-    isolate(monkeypatch, endpoint)
-    return endpoint
+def manager_down(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """ELT_SECRETS=aws pointing at a server that hangs up on every connection; yields the count
+    of connections it saw (one element), so a test can tell how often it was asked."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = [0]
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connections[0] += 1
+            connection.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    isolate(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
+    yield connections
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
+    listener.close()
+    thread.join(timeout=5)
 
 
 def api_source(api, **options):
@@ -173,6 +192,7 @@ def test_manager_down_in_dev_is_one_warning_and_local_values(manager_down, repla
     warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
     assert len(warnings) == 1, [record.getMessage() for record in warnings]
     assert "elt/dev/postgres" in warnings[0].getMessage()
+    assert manager_down == [1]  # asked once: no retries, and not again once found down
     assert tokens_sent(replay_api) == {TOKEN}  # the .env value was used
 
 
@@ -182,6 +202,7 @@ def test_secrets_all_set_locally_never_ask_a_down_manager(manager_down, monkeypa
     with caplog.at_level(logging.WARNING):
         assert resolve_into_environment(dotenv_file=PROJECT_ROOT / "no-such.env") == {}
     assert caplog.records == []
+    assert manager_down == [0]
 
 
 def test_manager_down_in_prod_fails_closed_naming_the_secret(manager_down, monkeypatch):
@@ -220,7 +241,7 @@ def test_the_token_fails_closed_in_prod_through_dlt(manager_down, replay_api, mo
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "error: secret 'elt/prod/football-api-token' could not be read from the secret manager "
-        "(EndpointConnectionError) and ELT_ENV=prod fails closed (ELT_SECRETS_FAIL_CLOSED)"
+        "(ConnectionClosedError) and ELT_ENV=prod fails closed (ELT_SECRETS_FAIL_CLOSED)"
     ]
     assert replay_api.log == []
 
