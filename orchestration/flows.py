@@ -432,6 +432,7 @@ def backfill(
     skipped."""
     from loaders.seasons import parse_season, resolve_season_range
 
+    resolve_into_environment()  # like elt: served and worker runs start here
     seasons = resolve_season_range(first_season, last_season)
     remember_mode(run_mode("live"))
     outcome: dict[str, Any] = {
@@ -461,6 +462,7 @@ def maintenance(
     """Expire old Iceberg snapshots, remove orphan lake files, prune old landing files."""
     from orchestration import maintenance as housekeeping
 
+    resolve_into_environment()  # the catalog's and the lake's credentials, like elt
     outcome: dict[str, Any] = {"expired_snapshots": {}, "orphans_removed": {}}
     for table in housekeeping.lake_tables():
         name = table.name()[-1]
