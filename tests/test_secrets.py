@@ -334,3 +334,26 @@ def test_object_storage_keys_come_from_the_secret_and_the_manager_keeps_its_own(
     assert client._request_signer._credentials.access_key == "manager-key"  # boto3 has no public getter
     resolve_into_environment(dotenv_file=tmp_path / "no.env")
     assert os.environ["AWS_ACCESS_KEY_ID"] == "lake-2"
+
+
+@pytest.mark.parametrize("flow_name", ["elt", "maintenance"])
+def test_a_flow_run_outside_a_command_line_resolves_the_chain_itself(
+    manager, monkeypatch, tmp_path, flow_name, request
+):
+    """Served deployments and worker Jobs call the flow function directly, not main()."""
+    from orchestration import flows
+
+    if flow_name == "elt":
+        request.getfixturevalue("prefect_api")  # elt's tasks report to a Prefect API: a temporary one
+
+    secret = {"username": "flow_user", "password": "flow-pass-1b7"}
+    manager.create_secret(Name="elt/dev/postgres", SecretString=json.dumps(secret))
+    for name in ("PGUSER", "PGPASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ELT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("ICEBERG_CATALOG_URI", raising=False)
+    if flow_name == "elt":
+        flows.elt.fn(sources=[], build=False)
+    else:
+        flows.maintenance.fn()
+    assert os.environ["PGUSER"] == "flow_user"
