@@ -77,8 +77,10 @@ serve: setup
 
 # prefect.yaml's deployments in the work pool ELT_WORK_POOL of the Prefect server at PREFECT_API_URL:
 # `elt` (a process pool on a machine with this checkout) or `elt-k8s` (Kubernetes Jobs running ELT_IMAGE).
-ELT_WORK_POOL ?= elt
-K8S_WORK_POOL ?= elt-k8s
+# Each ELT_ENV but dev has its own pools, `elt-<env>` and `elt-k8s-<env>` (core/settings.work_pool).
+ENV_POOL_SUFFIX = $(if $(filter-out dev,$(ELT_ENV)),-$(ELT_ENV))
+ELT_WORK_POOL ?= elt$(ENV_POOL_SUFFIX)
+K8S_WORK_POOL ?= elt-k8s$(ENV_POOL_SUFFIX)
 # The image the Kubernetes pool's Jobs run, as a registry can serve it (CI: build/pushed-image).
 ELT_IMAGE ?=
 K8S_JOB_TEMPLATE := deploy/k8s/base-job-template.json
