@@ -3,7 +3,10 @@ warehouse, lake, landing, file states, dlt state and dbt target (DESIGN §2, §8
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +52,6 @@ print(json.dumps({
         [sys.executable, "-c", probe], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    import json
-
     return json.loads(result.stdout)
 
 
@@ -120,10 +121,11 @@ print(Profile.render_profile(raw["elt"], "elt", "duckdb", ProfileRenderer({}))[1
     assert Path(rendered.stdout.strip().splitlines()[-1]) == Path(layout(env_vars)["warehouse"])
 
 
-@pytest.mark.parametrize("entry_point", PYTHON_ENTRY_POINTS)
+@pytest.mark.parametrize("entry_point", [*PYTHON_ENTRY_POINTS, "promote"])
 def test_an_unknown_elt_env_is_one_line_and_exit_2(tmp_path, entry_point):
+    arguments = PYTHON_ENTRY_POINTS.get(entry_point, ["-m", "orchestration.promote"])
     result = subprocess.run(
-        [sys.executable, *PYTHON_ENTRY_POINTS[entry_point]],
+        [sys.executable, *arguments],
         env=base_env(tmp_path / "data", ELT_ENV="production"),
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -135,7 +137,7 @@ def test_an_unknown_elt_env_is_one_line_and_exit_2(tmp_path, entry_point):
     assert not (tmp_path / "data").exists()
 
 
-# --- real runs: staging and prod side by side -----------------------------------
+# --- real runs: staging and prod side by side, then promotion -----------------------------------
 
 MARTS_OF = (
     "select table_name from information_schema.tables where table_catalog = ? and table_schema = 'marts' order by 1"
@@ -205,6 +207,14 @@ def staging_and_prod(tmp_path_factory) -> dict:
     return {"root": root, "staging_files_before_prod": staging_files}
 
 
+@pytest.fixture
+def environments(staging_and_prod, tmp_path) -> Path:
+    """A copy of the staging-and-prod data dir, for a test to change."""
+    root = tmp_path / "data"
+    shutil.copytree(staging_and_prod["root"], root, symlinks=True)
+    return root
+
+
 def test_staging_and_prod_runs_write_only_their_own_files(staging_and_prod):
     root = staging_and_prod["root"]
     assert {path.name for path in root.iterdir()} == {"staging", "prod"}  # dev's layout untouched
@@ -217,3 +227,121 @@ def test_staging_and_prod_runs_write_only_their_own_files(staging_and_prod):
             assert any(path.is_file() for path in (own / folder).rglob("*")), (env, folder)
         assert not any((own / "incoming").rglob("*.json"))  # its own deliveries were all processed
         assert marts_fingerprints(own / f"warehouse_{env}.duckdb")
+
+
+def test_promote_makes_prod_s_marts_reports_and_defer_state_equal_staging_s(environments):
+    staging, prod = environments / "staging", environments / "prod"
+    staging_files = files_with_times(staging)
+    result = run_module("orchestration.promote", environments, "prod")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = marts_fingerprints(staging / "warehouse_staging.duckdb")
+    promoted = marts_fingerprints(prod / "warehouse_prod.duckdb")
+    assert promoted == expected
+    for report in (staging / "reports").iterdir():
+        assert (prod / "reports" / report.name).read_bytes() == report.read_bytes()
+    manifest = (staging / "dbt_target" / "manifest.json").read_bytes()
+    assert (prod / "dbt_state" / "manifest.json").read_bytes() == manifest
+    assert files_with_times(staging) == staging_files
+    import duckdb
+
+    with duckdb.connect(str(prod / "warehouse_prod.duckdb"), read_only=True) as connection:
+        recorded = connection.execute("select mart, row_count from marts_meta.promotions").fetchall()
+    assert dict(recorded) == {table: rows for table, (rows, _) in expected.items()}
+
+
+def make_prod_distinct(warehouse: Path) -> None:
+    """Prod's "old" marts: every other row removed, so old and new differ in every mart with rows."""
+    import duckdb
+
+    with duckdb.connect(str(warehouse)) as connection:
+        catalog = connection.execute("select current_database()").fetchone()[0]
+        for (table,) in connection.execute(MARTS_OF, [catalog]).fetchall():
+            connection.execute(f'delete from marts."{table}" where rowid % 2 = 0')
+
+
+def test_a_kill_inside_the_promote_transaction_leaves_prod_all_old_and_a_rerun_all_new(environments):
+    warehouse = environments / "prod" / "warehouse_prod.duckdb"
+    make_prod_distinct(warehouse)
+    old = marts_fingerprints(warehouse)
+    new = marts_fingerprints(environments / "staging" / "warehouse_staging.duckdb")
+    assert len([table for table in new if old.get(table) != new[table]]) > 1
+    killed = run_module("orchestration.promote", environments, "prod", ELT_TEST_KILL_PROMOTE_AFTER_MARTS="1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "SIGKILL after 1 marts, inside the transaction" in killed.stderr
+    assert marts_fingerprints(warehouse) == old
+    rerun = run_module("orchestration.promote", environments, "prod")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert marts_fingerprints(warehouse) == new
+
+
+def test_a_red_staging_gate_is_refused_and_prod_is_untouched(environments):
+    import duckdb
+
+    from orchestration.dbt_gate import AUDIT_VARS
+
+    staging = environments / "staging"
+    with duckdb.connect(str(staging / "warehouse_staging.duckdb")) as connection:
+        connection.execute("update raw_vehicles.vehicle_events set vehicle_id = null where rowid < 3")
+    dbt = str(Path(sys.executable).parent / "dbt")
+    red = subprocess.run(
+        [dbt, "build", "--selector", "vehicles", "--vars", AUDIT_VARS, "--target-path", str(staging / "dbt_target")],
+        env=base_env(environments, ELT_ENV="staging", DBT_PROFILES_DIR=str(DBT_PROFILES_DIR)),
+        cwd=PROJECT_ROOT / "dbt_project",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert red.returncode != 0, red.stdout[-3000:]
+    assert "source_not_null_vehicles_vehicle_events_vehicle_id" in red.stdout
+    prod_files = files_with_times(environments / "prod")
+    refused = run_module("orchestration.promote", environments, "prod")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: promotion refused: staging's last dbt gate did not pass (or staging never published): nothing promoted"
+    )
+    assert files_with_times(environments / "prod") == prod_files
+
+
+def test_maintenance_keeps_only_the_newest_promotion_archives(tmp_path):
+    from orchestration.promote import prune_promotion_archives
+
+    stamps = [f"20260101T00000{second}000000Z" for second in range(7)]
+    for stamp in stamps:
+        (tmp_path / "promotions" / stamp).mkdir(parents=True)
+        (tmp_path / "promotions" / stamp / "manifest.json").write_text("{}")
+    removed = prune_promotion_archives(keep_last=3, root=tmp_path)
+    assert [path.name for path in removed] == stamps[:4]
+    assert sorted(path.name for path in (tmp_path / "promotions").iterdir()) == stamps[4:]
+
+
+def test_staging_published_from_another_project_version_is_refused(environments):
+    """As when the dbt project changed after staging's last publish: its recorded version differs."""
+    record = environments / "staging" / "dbt_target" / "published_inputs.json"
+    published = json.loads(record.read_text())
+    record.write_text(json.dumps({**published, "project_version": "0" * 64}))
+    prod_files = files_with_times(environments / "prod")
+    refused = run_module("orchestration.promote", environments, "prod")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().startswith(
+        "error: promotion refused: staging was published from dbt project version 000000000000, this project is "
+    )
+    assert files_with_times(environments / "prod") == prod_files
+
+
+def test_make_reset_empties_only_its_own_environment(tmp_path):
+    root = tmp_path / "data"
+    for env_dir in (root, root / "staging", root / "prod"):
+        (env_dir / "landing").mkdir(parents=True)
+        (env_dir / "landing" / "file.csv").write_text("x")
+    (root / "staging" / "warehouse_staging.duckdb").write_text("x")
+
+    def reset(**extra: str) -> None:
+        environment = {**base_env(root), **extra}
+        result = subprocess.run(["make", "--no-print-directory", "reset"], env=environment, cwd=PROJECT_ROOT)
+        assert result.returncode == 0
+
+    reset()
+    assert sorted(path.name for path in root.iterdir()) == ["prod", "staging"]
+    reset(ELT_ENV="staging")
+    assert not any((root / "staging").iterdir())
+    assert (root / "prod" / "landing" / "file.csv").is_file()
