@@ -30,12 +30,13 @@ DBT := $(BIN)/dbt
 # Targets that write create the data dir first; mkdir says in one line why when it cannot.
 MAKE_DATA_DIR = @mkdir -p "$(ELT_DATA_DIR)" && mkdir -p "$(PREFECT_HOME)"
 
-.PHONY: help setup load build report docs query serve run test bench lint clean reset deploy work-pool
+.PHONY: help setup load build report docs query serve run test bench lint clean reset deploy work-pool promote
 
 help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline; ELT_MODE=live: real sources)"
 	@echo "make test   set up and run the test suite"
 	@echo "make load | build | report | docs | query | serve | bench | lint | clean | reset"
+	@echo "make promote   staging's published marts, reports and manifest to prod (README: Environments)"
 	@echo "make image | push | test-image   the container image (deploy/Containerfile), IMAGE_REGISTRY for push"
 	@echo "make deploy | work-pool   the scheduled deployments in a work pool (PREFECT_API_URL, ELT_WORK_POOL, ELT_IMAGE)"
 
@@ -77,8 +78,10 @@ serve: setup
 
 # prefect.yaml's deployments in the work pool ELT_WORK_POOL of the Prefect server at PREFECT_API_URL:
 # `elt` (a process pool on a machine with this checkout) or `elt-k8s` (Kubernetes Jobs running ELT_IMAGE).
-ELT_WORK_POOL ?= elt
-K8S_WORK_POOL ?= elt-k8s
+# Each ELT_ENV but dev has its own pools, `elt-<env>` and `elt-k8s-<env>` (core/settings.work_pool).
+ENV_POOL_SUFFIX = $(if $(filter-out dev,$(ELT_ENV)),-$(ELT_ENV))
+ELT_WORK_POOL ?= elt$(ENV_POOL_SUFFIX)
+K8S_WORK_POOL ?= elt-k8s$(ENV_POOL_SUFFIX)
 # The image the Kubernetes pool's Jobs run, as a registry can serve it (CI: build/pushed-image).
 ELT_IMAGE ?=
 K8S_JOB_TEMPLATE := deploy/k8s/base-job-template.json
@@ -126,9 +129,14 @@ lint: setup
 clean:
 	rm -rf $(DBT_PROJECT_DIR)/target $(DBT_PROJECT_DIR)/logs .pytest_cache
 
-# Forget every run: warehouse, lake, landing, file states, dlt and Prefect state (keeps data/sample).
+# Forget every run of ELT_ENV: warehouse, lake, landing, file states, dlt and Prefect state (keeps
+# data/sample). dev's reset keeps the staging/ and prod/ folders; staging's or prod's empties only its own.
+ENV_DATA_DIR = $(ELT_DATA_DIR)$(if $(filter-out dev,$(ELT_ENV)),/$(ELT_ENV))
 reset:
-	find "$(ELT_DATA_DIR)" -mindepth 1 -maxdepth 1 ! -name sample -exec rm -rf {} +
+	[ ! -d "$(ENV_DATA_DIR)" ] || find "$(ENV_DATA_DIR)" -mindepth 1 -maxdepth 1 ! -name sample ! -name staging ! -name prod -exec rm -rf {} +
+
+promote: setup
+	$(BIN)/python -m orchestration.promote
 
 # ---- Container image (deploy/Containerfile; README, "Container image") ----
 # Built from the committed HEAD only (git archive), with buildah from Debian's packages in its own

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 
+from core import settings
 from core.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
 MANAGERS = ("aws",)
-ENVIRONMENTS = ("dev", "staging", "prod")
 FOOTBALL_API_TOKEN = "football-api-token"
 POSTGRES = "postgres"
 OBJECT_STORAGE = "object-storage"
@@ -65,13 +65,6 @@ class SecretsConfig:
     endpoint: str | None
 
 
-def environment_name(environ: Mapping[str, str] = os.environ) -> str:
-    name = environ.get("ELT_ENV") or "dev"
-    if name not in ENVIRONMENTS:
-        raise SecretsError(f"ELT_ENV={name!r} is not one of {', '.join(ENVIRONMENTS)}")
-    return name
-
-
 def is_true(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -80,7 +73,7 @@ def secrets_config(environ: Mapping[str, str] = os.environ) -> SecretsConfig:
     manager = environ.get("ELT_SECRETS") or None
     if manager is not None and manager not in MANAGERS:
         raise SecretsError(f"ELT_SECRETS={manager!r} is not one of {', '.join(MANAGERS)} (or unset)")
-    environment = environment_name(environ)
+    environment = settings.environment(environ)
     fail_closed = environ.get("ELT_SECRETS_FAIL_CLOSED")
     return SecretsConfig(
         manager=manager,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,6 +14,8 @@ DBT_PROFILES_DIR = PROJECT_ROOT / "profiles"
 # Real source files shared beside the clone (tests and bench read them; a lone clone may lack them).
 SHARED_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 TARGETS = ("duckdb", "postgres")
+ENVIRONMENTS = ("dev", "staging", "prod")
+DEFAULT_ENVIRONMENT = "dev"
 
 
 def project_path(path: str | Path) -> Path:
@@ -22,18 +24,47 @@ def project_path(path: str | Path) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-def data_dir() -> Path:
-    """Root of everything the pipeline writes (landing/, lake/, warehouse.duckdb, ...)."""
+class UnknownEnvironment(ValueError):
+    """ELT_ENV names no environment (a one-line reason)."""
+
+
+def environment(environ: Mapping[str, str] = os.environ) -> str:
+    """ELT_ENV: dev (the default, today's layout), staging or prod. Every path and name that
+    differs between environments is derived from this one answer."""
+    name = environ.get("ELT_ENV") or DEFAULT_ENVIRONMENT
+    if name not in ENVIRONMENTS:
+        raise UnknownEnvironment(f"ELT_ENV={name!r} is not one of {', '.join(ENVIRONMENTS)}")
+    return name
+
+
+def data_root() -> Path:
+    """ELT_DATA_DIR itself: dev's data dir, and the parent of every other environment's."""
     return Path(os.environ.get("ELT_DATA_DIR", PROJECT_ROOT / "data")).resolve()
 
 
+def in_environment(location: str, env: str | None = None) -> str:
+    """A shared location (folder, URI, name) made the environment's own: dev keeps it as it is,
+    others get `/<env>` below it."""
+    env = env or environment()
+    return location if env == DEFAULT_ENVIRONMENT else f"{location.rstrip('/')}/{env}"
+
+
+def data_dir(env: str | None = None) -> Path:
+    """Root of everything an environment writes (landing/, lake/, the DuckDB warehouse, dbt_target/,
+    ...): ELT_DATA_DIR for dev, ELT_DATA_DIR/<env> for staging and prod."""
+    return Path(in_environment(str(data_root()), env))
+
+
 class DataDirError(Exception):
-    """The data dir cannot be created or written (a one-line reason)."""
+    """The data dir cannot be created or written, or ELT_ENV is unknown (a one-line reason)."""
 
 
 def ensure_data_dir() -> Path:
     """The data dir, created on first use; every entry point calls this before writing."""
-    path = data_dir()
+    try:
+        path = data_dir()
+    except UnknownEnvironment as error:
+        raise DataDirError(str(error)) from None
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -51,19 +82,33 @@ def data_dir_or_exit() -> Path:
     try:
         resolve_into_environment()
         return ensure_data_dir()
-    except (DataDirError, SecretsError) as error:
+    except (DataDirError, SecretsError, UnknownEnvironment) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def landing_location() -> str:
     """ELT_LANDING_DIR: a local folder or an object-storage URI (s3://bucket/landing); default
-    landing/ in the data dir."""
-    return os.environ.get("ELT_LANDING_DIR") or str(data_dir() / "landing")
+    landing/ in the data dir. A given ELT_LANDING_DIR is shared by the environments: each but dev
+    lands in its own folder below it."""
+    if given := os.environ.get("ELT_LANDING_DIR"):
+        return in_environment(given)
+    return str(data_dir() / "landing")
 
 
-def warehouse_path() -> Path:
-    return data_dir() / "warehouse.duckdb"
+def warehouse_path(env: str | None = None) -> Path:
+    """The DuckDB warehouse: DuckDB names a database after its file stem, so each environment but
+    dev has its own stem (warehouse_prod) and promotion can ATTACH staging beside prod."""
+    env = env or environment()
+    name = "warehouse.duckdb" if env == DEFAULT_ENVIRONMENT else f"warehouse_{env}.duckdb"
+    return data_dir(env) / name
+
+
+def work_pool(env: str | None = None, base: str = "elt") -> str:
+    """The Prefect work pool an environment's deployments go to: elt (dev), elt-staging, elt-prod;
+    with base="elt-k8s" the Kubernetes pool likewise."""
+    env = env or environment()
+    return base if env == DEFAULT_ENVIRONMENT else f"{base}-{env}"
 
 
 def target() -> str:

@@ -10,6 +10,7 @@ import os
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 
+from core.settings import in_environment
 from lake.catalog_database import catalog_uri, lake_dir
 
 NAMESPACE = "raw_vehicles"
@@ -17,7 +18,8 @@ NAMESPACE = "raw_vehicles"
 
 def catalog() -> Catalog:
     """The Iceberg catalog in the lake's SQL database (catalog_database.catalog_uri)."""
-    warehouse = os.environ.get("ICEBERG_WAREHOUSE") or lake_dir().as_uri()
+    given = os.environ.get("ICEBERG_WAREHOUSE")
+    warehouse = in_environment(given) if given else lake_dir().as_uri()
     lake = SqlCatalog("lake", uri=catalog_uri(), warehouse=warehouse, **object_storage_properties())
     lake.create_namespace_if_not_exists(NAMESPACE)
     return lake

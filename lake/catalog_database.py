@@ -11,7 +11,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from core.settings import data_dir
+from core.settings import data_dir, in_environment
 from lake.identifiers import validate_identifier
 
 DEFAULT_SCHEMA = "iceberg_catalog"
@@ -28,8 +28,15 @@ def catalog_uri() -> str:
         lake_dir().mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{lake_dir() / 'catalog.db'}"
     if uri.startswith("postgresql"):
-        return in_own_schema(uri, os.environ.get("ICEBERG_CATALOG_SCHEMA", DEFAULT_SCHEMA))
+        return in_own_schema(uri, catalog_schema())
     return uri
+
+
+def catalog_schema() -> str:
+    """ICEBERG_CATALOG_SCHEMA for dev; staging and prod keep their catalog and registry in
+    `<schema>_<env>`, so environments sharing one catalog database never see each other's tables."""
+    schema = os.environ.get("ICEBERG_CATALOG_SCHEMA", DEFAULT_SCHEMA)
+    return in_environment(schema).replace("/", "_")
 
 
 def in_own_schema(uri: str, schema: str) -> str:

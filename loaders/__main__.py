@@ -20,7 +20,7 @@ import sys
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from core.secrets import SecretsError
-from core.settings import data_dir, data_dir_or_exit, target
+from core.settings import data_dir, data_dir_or_exit, environment, target
 from core.storage import StorageError
 from core.warehouse import WarehouseBusy, held_for_writing
 from lake import files as vehicle_files
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "action", "list") in ("show", "activate", "deactivate") and not args.file_type:
         parser.error(f"registry {args.action} needs a file type")
     data_dir_or_exit()
-    print(f"target={target()} data_dir={data_dir()}")
+    print(f"target={target()} env={environment()} data_dir={data_dir()}")
     try:
         with held_for_writing() if writes_to_warehouse(args) else contextlib.nullcontext():
             return args.handler(args)

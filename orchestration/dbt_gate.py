@@ -115,10 +115,8 @@ def inputs_fingerprint(selector: str | None) -> str | None:
     if not manifest.exists():
         return None
     digest = hashlib.sha256(json.dumps([target(), selector]).encode())
-    for path in sorted(DBT_PROJECT_DIR.rglob("*")):
-        relative = path.relative_to(DBT_PROJECT_DIR)
-        if path.is_file() and relative.parts[0] not in PROJECT_OUTPUT_DIRS:
-            digest.update(f"{relative}:{hashlib.sha256(path.read_bytes()).hexdigest()}".encode())
+    for line in project_file_digests():
+        digest.update(line.encode())
     sources = json.loads(manifest.read_text())["sources"]
     for unique_id in sorted(sources):
         source = sources[unique_id]
@@ -126,6 +124,22 @@ def inputs_fingerprint(selector: str | None) -> str | None:
             json.dumps([unique_id, _table_state(source["schema"], source["identifier"])], default=str).encode()
         )
     return digest.hexdigest()
+
+
+def project_file_digests() -> list[str]:
+    """`<path>:<sha256>` of every file of the dbt project (not dbt's own outputs), sorted."""
+    lines = []
+    for path in sorted(DBT_PROJECT_DIR.rglob("*")):
+        relative = path.relative_to(DBT_PROJECT_DIR)
+        if path.is_file() and relative.parts[0] not in PROJECT_OUTPUT_DIRS:
+            lines.append(f"{relative}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
+    return lines
+
+
+def project_version() -> str:
+    """The dbt project's version as its files' digest: what promotion compares between the
+    build that published staging's marts and the project being promoted."""
+    return hashlib.sha256("\n".join(project_file_digests()).encode()).hexdigest()
 
 
 def _table_state(schema: str, table: str) -> list:
@@ -150,12 +164,24 @@ def already_published(fingerprint: str | None) -> bool:
 
 
 def record_published(fingerprint: str | None) -> None:
+    """What the last publish was built from: its inputs, and the project version promotion checks."""
     if fingerprint is not None:
-        (target_dir() / PUBLISHED_INPUTS).write_text(json.dumps({"fingerprint": fingerprint}))
+        record = {"fingerprint": fingerprint, "project_version": project_version()}
+        (target_dir() / PUBLISHED_INPUTS).write_text(json.dumps(record))
 
 
-def previous_run_failed() -> bool:
-    results = target_dir() / "run_results.json"
+def last_publish(folder: Path | None = None) -> dict | None:
+    """The record of the last publish in a dbt target folder, None when its last build or retry
+    failed (or nothing was ever published): only a green gate's marts are published."""
+    folder = folder or target_dir()
+    recorded = folder / PUBLISHED_INPUTS
+    if not recorded.exists() or previous_run_failed(folder):
+        return None
+    return json.loads(recorded.read_text())
+
+
+def previous_run_failed(folder: Path | None = None) -> bool:
+    results = (folder or target_dir()) / "run_results.json"
     if not results.exists():
         return False
     document = json.loads(results.read_text())

@@ -29,7 +29,7 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import get_current_settings
 
 from core.secrets import resolve_into_environment
-from core.settings import data_dir, data_dir_or_exit, ensure_data_dir
+from core.settings import data_dir, data_dir_or_exit, ensure_data_dir, environment
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.pipelines import pipeline
 from orchestration import build_plan, dbt_gate
@@ -271,7 +271,7 @@ def elt(
     if unknown:
         raise ValueError(f"unknown sources {sorted(unknown)}; choose from {', '.join(SOURCES)}")
     mode = run_mode(mode)
-    outcome: dict[str, Any] = {"data_dir": str(data_dir()), "mode": mode}
+    outcome: dict[str, Any] = {"data_dir": str(data_dir()), "environment": environment(), "mode": mode}
     if sources:
         remember_mode(mode)
     if "football_csv" in sources:
@@ -327,7 +327,9 @@ def resolved_seasons(outcome: dict) -> str | None:
 
 
 def print_summary(outcome: dict) -> None:
-    print(f"\nMode: {outcome['mode']} (data dir {outcome['data_dir']})")
+    environment_name = outcome.get("environment", "dev")
+    named = "" if environment_name == "dev" else f"environment {environment_name}, "
+    print(f"\nMode: {outcome['mode']} ({named}data dir {outcome['data_dir']})")
     if seasons := resolved_seasons(outcome):
         print(f"Seasons: {seasons}")
     print("\nRows per table")
@@ -458,9 +460,12 @@ def maintenance(
     keep_last_snapshots: int = 5,
     orphan_min_age_hours: float = 24,
     landing_retention_days: float = 30,
+    keep_last_promotions: int = 5,
 ) -> dict:
-    """Expire old Iceberg snapshots, remove orphan lake files, prune old landing files."""
+    """Expire old Iceberg snapshots, remove orphan lake files, prune old landing files and all
+    but the last few promotion archives (prod's promotions/)."""
     from orchestration import maintenance as housekeeping
+    from orchestration.promote import prune_promotion_archives
 
     resolve_into_environment()  # the catalog's and the lake's credentials, like elt
     outcome: dict[str, Any] = {"expired_snapshots": {}, "orphans_removed": {}}
@@ -471,5 +476,6 @@ def maintenance(
         )
         outcome["orphans_removed"][name] = len(housekeeping.remove_orphan_files(table, orphan_min_age_hours))
     outcome["landing_files_deleted"] = len(housekeeping.delete_old_landing_files(landing_retention_days))
+    outcome["promotion_archives_removed"] = len(prune_promotion_archives(keep_last_promotions))
     print(outcome)
     return outcome
