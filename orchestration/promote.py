@@ -13,9 +13,7 @@ under prod's promotions/<when>/ and installed as prod's reports/ and dbt_state/m
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +32,6 @@ PROMOTIONS_TABLE = "marts_meta.promotions"
 PROMOTIONS_DIR = "promotions"
 DEFER_STATE_DIR = "dbt_state"
 KEEP_LAST_PROMOTIONS = 5
-# Fault injection for tests/test_promote.py: SIGKILL inside the transaction after N marts.
-KILL_AFTER_MARTS = "ELT_TEST_KILL_PROMOTE_AFTER_MARTS"
 
 
 class PromotionRefused(RuntimeError):
@@ -64,12 +60,6 @@ def check_promotable(current_version: str) -> dict:
     return published
 
 
-def kill_here_if_asked(copied: int) -> None:
-    if os.environ.get(KILL_AFTER_MARTS) == str(copied):
-        print(f"promote: SIGKILL after {copied} marts, inside the transaction", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def marts_tables(connection, catalog: str) -> list[str]:
     rows = connection.execute(
         "select table_name from information_schema.tables "
@@ -77,6 +67,14 @@ def marts_tables(connection, catalog: str) -> list[str]:
         [catalog, MARTS],
     ).fetchall()
     return [validate_identifier(name, "mart") for (name,) in rows]
+
+
+def replace_mart(connection, table: str) -> int:
+    """Prod's mart replaced by staging's (inside the caller's transaction); its rows."""
+    connection.execute(
+        f'create or replace table {MARTS}."{table}" as select * from staging_warehouse.{MARTS}."{table}"'
+    )
+    return connection.execute(f'select count(*) from {MARTS}."{table}"').fetchone()[0]
 
 
 def copy_marts(version: str, promoted_at: datetime) -> dict[str, int]:
@@ -105,13 +103,7 @@ def copy_marts(version: str, promoted_at: datetime) -> dict[str, int]:
         )
         for stale in set(marts_tables(connection, prod_catalog)) - set(tables):
             connection.execute(f'drop table {MARTS}."{stale}"')
-        counts = {}
-        for copied, table in enumerate(tables, start=1):
-            connection.execute(
-                f'create or replace table {MARTS}."{table}" as select * from staging_warehouse.{MARTS}."{table}"'
-            )
-            counts[table] = connection.execute(f'select count(*) from {MARTS}."{table}"').fetchone()[0]
-            kill_here_if_asked(copied)
+        counts = {table: replace_mart(connection, table) for table in tables}
         connection.executemany(
             f"insert into {PROMOTIONS_TABLE} values (?, ?, ?, ?)",
             [(promoted_at.replace(tzinfo=None), version, table, rows) for table, rows in counts.items()],

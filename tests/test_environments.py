@@ -17,6 +17,7 @@ from core.settings import DBT_PROFILES_DIR, PROJECT_ROOT
 
 from .conftest import QUIET_TOOLS
 from .processes import stop_group
+from .promote_faults import KILLED_AT
 from .test_entry_points import PYTHON_ENTRY_POINTS
 
 pytestmark = pytest.mark.one_target
@@ -265,9 +266,9 @@ def test_a_kill_inside_the_promote_transaction_leaves_prod_all_old_and_a_rerun_a
     old = marts_fingerprints(warehouse)
     new = marts_fingerprints(environments / "staging" / "warehouse_staging.duckdb")
     assert len([table for table in new if old.get(table) != new[table]]) > 1
-    killed = run_module("orchestration.promote", environments, "prod", ELT_TEST_KILL_PROMOTE_AFTER_MARTS="1")
+    killed = run_module("tests.promote_faults", environments, "prod")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert "SIGKILL after 1 marts, inside the transaction" in killed.stderr
+    assert KILLED_AT in killed.stderr
     assert marts_fingerprints(warehouse) == old
     rerun = run_module("orchestration.promote", environments, "prod")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
