@@ -30,13 +30,14 @@ DBT := $(BIN)/dbt
 # Targets that write create the data dir first; mkdir says in one line why when it cannot.
 MAKE_DATA_DIR = @mkdir -p "$(ELT_DATA_DIR)" && mkdir -p "$(PREFECT_HOME)"
 
-.PHONY: help setup load build report docs query serve run test bench lint clean reset deploy work-pool promote
+.PHONY: help setup load build report docs query serve run test bench lint clean reset deploy work-pool promote slim-ci
 
 help:
 	@echo "make run    set up, load the bundled sample data and build the dbt models (offline; ELT_MODE=live: real sources)"
 	@echo "make test   set up and run the test suite"
 	@echo "make load | build | report | docs | query | serve | bench | lint | clean | reset"
 	@echo "make promote   staging's published marts, reports and manifest to prod (README: Environments)"
+	@echo "make slim-ci   dev builds only the models changed against prod's manifest and their children, reading the rest from prod"
 	@echo "make image | push | test-image   the container image (deploy/Containerfile), IMAGE_REGISTRY for push"
 	@echo "make deploy | work-pool   the scheduled deployments in a work pool (PREFECT_API_URL, ELT_WORK_POOL, ELT_IMAGE)"
 
@@ -137,6 +138,11 @@ reset:
 
 promote: setup
 	$(BIN)/python -m orchestration.promote
+
+# dbt build in dev of state:modified+ against prod's manifest; unchanged models are read from prod.
+slim-ci: setup
+	$(MAKE_DATA_DIR)
+	$(BIN)/python -m orchestration.slim_ci
 
 # ---- Container image (deploy/Containerfile; README, "Container image") ----
 # Built from the committed HEAD only (git archive), with buildah from Debian's packages in its own
