@@ -137,9 +137,12 @@ print(Profile.render_profile(raw["elt"], "elt", "duckdb", ProfileRenderer({}))[1
     assert Path(rendered.stdout.strip().splitlines()[-1]) == Path(layout(env_vars)["warehouse"])
 
 
-@pytest.mark.parametrize("entry_point", [*PYTHON_ENTRY_POINTS, "promote"])
+ENVIRONMENT_ENTRY_POINTS = {"promote": ["-m", "orchestration.promote"], "slim-ci": ["-m", "orchestration.slim_ci"]}
+
+
+@pytest.mark.parametrize("entry_point", [*PYTHON_ENTRY_POINTS, *ENVIRONMENT_ENTRY_POINTS])
 def test_an_unknown_elt_env_is_one_line_and_exit_2(tmp_path, entry_point):
-    arguments = PYTHON_ENTRY_POINTS.get(entry_point, ["-m", "orchestration.promote"])
+    arguments = {**PYTHON_ENTRY_POINTS, **ENVIRONMENT_ENTRY_POINTS}[entry_point]
     result = subprocess.run(
         [sys.executable, *arguments],
         env=base_env(tmp_path / "data", ELT_ENV="production"),
