@@ -78,7 +78,7 @@ serve: setup
 
 # prefect.yaml's deployments in the work pool ELT_WORK_POOL of the Prefect server at PREFECT_API_URL:
 # `elt` (a process pool on a machine with this checkout) or `elt-k8s` (Kubernetes Jobs running ELT_IMAGE).
-# Each ELT_ENV but dev has its own pools, `elt-<env>` and `elt-k8s-<env>` (core/settings.work_pool).
+# Each ELT_ENV but dev has its own pools, `elt-<env>` and `elt-k8s-<env>` (tests/test_environments.py).
 ENV_POOL_SUFFIX = $(if $(filter-out dev,$(ELT_ENV)),-$(ELT_ENV))
 ELT_WORK_POOL ?= elt$(ENV_POOL_SUFFIX)
 K8S_WORK_POOL ?= elt-k8s$(ENV_POOL_SUFFIX)

@@ -104,13 +104,6 @@ def warehouse_path(env: str | None = None) -> Path:
     return data_dir(env) / name
 
 
-def work_pool(env: str | None = None, base: str = "elt") -> str:
-    """The Prefect work pool an environment's deployments go to: elt (dev), elt-staging, elt-prod;
-    with base="elt-k8s" the Kubernetes pool likewise."""
-    env = env or environment()
-    return base if env == DEFAULT_ENVIRONMENT else f"{base}-{env}"
-
-
 def target() -> str:
     name = os.environ.get("ELT_TARGET", "duckdb")
     if name not in TARGETS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ def layout(env: dict[str, str]) -> dict[str, str]:
     with exactly `env` (so nothing cached from this test process leaks in)."""
     probe = """
 import json
-from core.settings import data_dir, landing_location, warehouse_path, work_pool
+from core.settings import data_dir, landing_location, warehouse_path
 from lake.catalog_database import catalog_schema, catalog_uri, lake_dir
 from lake.files import state_dir, STATES
 from loaders.modes import marker_path
@@ -45,15 +46,29 @@ print(json.dumps({
     "mode_marker": str(marker_path()),
     "dbt_target": str(target_dir()),
     "reports": str(report_dir()),
-    "work_pool": work_pool(),
-    "k8s_pool": work_pool(base="elt-k8s"),
 }))
 """
     result = subprocess.run(
         [sys.executable, "-c", probe], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return {**json.loads(result.stdout), **pools_make_uses(env)}
+
+
+def pools_make_uses(env: dict[str, str]) -> dict[str, str]:
+    """The work pools `make deploy` and `make work-pool` would use (read from make's dry run)."""
+    env = {**env, "PREFECT_API_URL": "http://127.0.0.1:9/api", "ELT_IMAGE": "registry.example/elt:1"}
+    env.pop("ELT_WORK_POOL", None), env.pop("K8S_WORK_POOL", None)
+    commands = {
+        target: subprocess.run(
+            ["make", "-n", "--no-print-directory", target], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True
+        ).stdout
+        for target in ("deploy", "work-pool")
+    }
+    return {
+        "work_pool": re.search(r"ELT_WORK_POOL=(\S+) .*prefect --no-prompt deploy", commands["deploy"]).group(1),
+        "k8s_pool": re.search(r"prefect work-pool create (\S+) --type kubernetes", commands["work-pool"]).group(1),
+    }
 
 
 def base_env(root: Path, **extra: str) -> dict[str, str]:
