@@ -111,8 +111,11 @@ $(PREFECT_DB): $(SETUP_STAMP)
 run: setup $(PREFECT_DB)
 	$(BIN)/python -m orchestration.flows $(if $(VERBOSE),--verbose)
 
+# Two workers by default (CI's 2 cores): the suite mostly waits on Spark, dbt and Prefect
+# subprocesses. A file's tests stay on one worker, so module-scoped databases are made once.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Measured figures, not assertions (bench/run.py); BENCH_ARGS="--events 200000" for a quick one.
 bench: setup
