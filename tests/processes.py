@@ -10,8 +10,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's AWS server on a free loopback port, reset (moto keeps its state per process);
+    yields its endpoint URL and stops it afterwards."""
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        requests.post(f"{endpoint}/moto-api/reset", timeout=10)
+        yield endpoint
+    finally:
+        server.stop()
 
 
 def start(command: list[str]) -> subprocess.Popen:

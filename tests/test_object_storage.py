@@ -7,7 +7,6 @@ import hashlib
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from lake.catalog import NAMESPACE, catalog
 from lake.files import discover, state_dir
@@ -18,7 +17,7 @@ from spark_jobs.lake_commit import committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import lay_out_as_site, real_csv_files, rows
-from .processes import free_port
+from .processes import moto_server
 from .vehicles_helpers import count_files, lake_rows
 
 pytestmark = pytest.mark.integration
@@ -29,27 +28,19 @@ BUCKET = "elt-test"
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator:
     """A moto S3 server on loopback with one bucket; the AWS variables point at it."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for name, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    requests.post(f"{endpoint}/moto-api/reset", timeout=10)  # moto keeps its state per process
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    try:
+    with moto_server() as endpoint:
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
         yield client
-    finally:
-        server.stop()
 
 
 def keys(client, prefix: str) -> list[str]:

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from core.secrets import SecretsError, football_api_token, resolve_into_environment
 from core.settings import PROJECT_ROOT, postgres_credentials
@@ -25,7 +24,7 @@ from loaders.pipelines import pipeline
 
 from .api_replay import TOKEN
 from .conftest import QUIET_TOOLS, require_postgres, run_dbt
-from .processes import free_port
+from .processes import moto_server
 from .test_football_api import FAST, columns_containing
 
 pytestmark = pytest.mark.integration
@@ -58,18 +57,10 @@ def isolate(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
 def manager(monkeypatch: pytest.MonkeyPatch) -> Iterator:
     """moto's Secrets Manager on loopback; the boto3 client the test writes secrets with."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    isolate(monkeypatch, endpoint)
-    requests.post(f"{endpoint}/moto-api/reset", timeout=10)  # moto keeps its state per process
-    try:
+    with moto_server() as endpoint:
+        isolate(monkeypatch, endpoint)
         yield boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
-    finally:
-        server.stop()
 
 
 @pytest.fixture
