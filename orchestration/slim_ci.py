@@ -36,9 +36,10 @@ from core.settings import (
     warehouse_path,
 )
 from core.warehouse import WarehouseBusy, held_for_writing
+from orchestration.promote import MARTS
 
 PROD = "prod"
-AUDIT_SCHEMA, PUBLISHED_SCHEMA = "marts_audit", "marts"
+AUDIT_SCHEMA = "marts_audit"
 ATTACH_VARIABLE = "DBT_DUCKDB_ATTACH"
 
 
@@ -70,7 +71,7 @@ def published_relation(node: dict, database: str) -> dict:
     """A manifest node moved to where prod serves it: prod's database, published marts schema."""
     if node.get("database") is None or node.get("relation_name") is None:
         return node
-    schema = PUBLISHED_SCHEMA if node["schema"] == AUDIT_SCHEMA else node["schema"]
+    schema = MARTS if node["schema"] == AUDIT_SCHEMA else node["schema"]
     relation_name = f'"{database}"."{schema}"."{node["alias"]}"'
     return {**node, "database": database, "schema": schema, "relation_name": relation_name}
 
