@@ -43,7 +43,7 @@ POSTGRES_VARIABLES = {
 }
 OBJECT_STORAGE_VARIABLES = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY"}
 # Variables this process (or its parent) took from the manager: a later resolution asks again.
-FILLED_MARKER = "ELT_SECRETS_FILLED"
+FILLED_MARKER = settings.SECRETS_FILLED_MARKER
 DOTENV_FILE = PROJECT_ROOT / ".env"
 
 

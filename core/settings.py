@@ -16,6 +16,9 @@ SHARED_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 TARGETS = ("duckdb", "postgres")
 ENVIRONMENTS = ("dev", "staging", "prod")
 DEFAULT_ENVIRONMENT = "dev"
+DEFAULT_PGDATABASE = "postgres"
+# Variables this process (or its parent) took from the secret manager (core/secrets.py).
+SECRETS_FILLED_MARKER = "ELT_SECRETS_FILLED"
 
 
 def project_path(path: str | Path) -> Path:
@@ -111,13 +114,24 @@ def target() -> str:
     return name
 
 
-def postgres_credentials() -> str:
+def postgres_database(environ: Mapping[str, str] = os.environ) -> str:
+    """The environment's Postgres database, like the DuckDB warehouse's stem: a name shared by the
+    environments (PGDATABASE set locally, else libpq's default `postgres`) is dev's, and the others
+    get `_<env>`; a name the environment's own secret gave (its prefix is per environment) is used
+    as it is. profiles.yml repeats this rule in Jinja (tests/test_environments.py)."""
+    env = environment(environ)
+    given = environ.get("PGDATABASE") or DEFAULT_PGDATABASE
+    from_own_secret = "PGDATABASE" in environ.get(SECRETS_FILLED_MARKER, "").split(",")
+    return given if env == DEFAULT_ENVIRONMENT or from_own_secret else f"{given}_{env}"
+
+
+def postgres_credentials(environ: Mapping[str, str] = os.environ) -> str:
     """A libpq-style URL built from the standard PG* variables; no default password."""
-    user = os.environ.get("PGUSER", "postgres")
-    password = os.environ.get("PGPASSWORD", "")
-    host = os.environ.get("PGHOST", "127.0.0.1")
-    port = os.environ.get("PGPORT", "5432")
-    database = os.environ.get("PGDATABASE", "postgres")
+    user = environ.get("PGUSER", "postgres")
+    password = environ.get("PGPASSWORD", "")
+    host = environ.get("PGHOST", "127.0.0.1")
+    port = environ.get("PGPORT", "5432")
+    database = postgres_database(environ)
     auth = f"{quote(user, safe='')}:{quote(password, safe='')}" if password else quote(user, safe="")
     return f"postgresql://{auth}@{host}:{port}/{database}"
 

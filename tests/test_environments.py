@@ -29,7 +29,7 @@ def layout(env: dict[str, str]) -> dict[str, str]:
     with exactly `env` (so nothing cached from this test process leaks in)."""
     probe = """
 import json
-from core.settings import data_dir, landing_location, warehouse_path
+from core.settings import data_dir, landing_location, postgres_database, warehouse_path
 from lake.catalog_database import catalog_schema, catalog_uri, lake_dir
 from lake.files import state_dir, STATES
 from loaders.modes import marker_path
@@ -38,6 +38,7 @@ from orchestration.report import report_dir
 print(json.dumps({
     "data_dir": str(data_dir()),
     "warehouse": str(warehouse_path()),
+    "postgres_database": postgres_database(),
     "landing": landing_location(),
     "lake": str(lake_dir()),
     "catalog": catalog_uri(),
@@ -81,6 +82,7 @@ def test_without_elt_env_every_path_and_name_is_today_s(tmp_path):
     expected = {
         "data_dir": str(root),
         "warehouse": str(root / "warehouse.duckdb"),
+        "postgres_database": "postgres",
         "landing": str(root / "landing"),
         "lake": str(root / "lake"),
         "catalog": f"sqlite:///{root / 'lake' / 'catalog.db'}",
@@ -99,6 +101,7 @@ def test_without_elt_env_every_path_and_name_is_today_s(tmp_path):
     assert layout(base_env(root)) == expected
     assert layout(base_env(root, ELT_ENV="dev")) == expected
     assert layout(base_env(root, ELT_ENV="")) == expected
+    assert layout(base_env(root, PGDATABASE="analytics"))["postgres_database"] == "analytics"
 
 
 @pytest.mark.parametrize("env", ["staging", "prod"])
@@ -107,6 +110,10 @@ def test_staging_and_prod_live_below_the_data_dir_with_their_own_names(tmp_path,
     own = root / env
     paths = layout(base_env(root, ELT_ENV=env))
     assert paths["warehouse"] == str(own / f"warehouse_{env}.duckdb")
+    assert paths["postgres_database"] == f"postgres_{env}"
+    assert layout(base_env(root, ELT_ENV=env, PGDATABASE="analytics"))["postgres_database"] == f"analytics_{env}"
+    from_own_secret = base_env(root, ELT_ENV=env, PGDATABASE="analytics", ELT_SECRETS_FILLED="PGDATABASE,PGUSER")
+    assert layout(from_own_secret)["postgres_database"] == "analytics"
     assert paths["work_pool"] == f"elt-{env}" and paths["k8s_pool"] == f"elt-k8s-{env}"
     assert paths["catalog_schema"] == f"iceberg_catalog_{env}"
     owned = ("landing", "lake", "incoming", "pending", "processing", "processed", "failed", "dbt_target", "reports")
@@ -116,25 +123,47 @@ def test_staging_and_prod_live_below_the_data_dir_with_their_own_names(tmp_path,
     assert shared["landing"] == f"s3://bucket/landing/{env}"
 
 
-@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
-def test_dbt_s_profile_opens_the_same_duckdb_file_as_the_code(tmp_path, env):
-    """profiles.yml repeats warehouse_path's rule in Jinja (dbt cannot call Python): held equal here."""
+PROFILE_SETTINGS = {  # dbt target -> (profile setting, its name in layout())
+    "duckdb": ("path", "warehouse"),
+    "postgres": ("dbname", "postgres_database"),
+}
+
+
+@pytest.mark.parametrize(
+    "env, extra",
+    [
+        ("dev", {}),
+        ("dev", {"PGDATABASE": "analytics"}),
+        ("staging", {}),
+        ("prod", {"PGDATABASE": "analytics"}),
+        ("prod", {"PGDATABASE": "analytics", "ELT_SECRETS_FILLED": "PGDATABASE"}),
+    ],
+)
+def test_dbt_s_profile_opens_the_same_warehouse_as_the_code(tmp_path, env, extra):
+    """profiles.yml repeats warehouse_path's and postgres_database's rules in Jinja (dbt cannot
+    call Python): held equal here, for both targets."""
     root = tmp_path / "data"
     render = """
-import os
+import json, os
 from dbt.config.profile import Profile, read_profile
 from dbt.config.renderer import ProfileRenderer
 from dbt_common.context import set_invocation_context
 set_invocation_context(os.environ)
 raw = read_profile(os.environ["DBT_PROFILES_DIR"])
-print(Profile.render_profile(raw["elt"], "elt", "duckdb", ProfileRenderer({}))[1]["path"])
-"""
-    env_vars = base_env(root, ELT_ENV=env, DBT_PROFILES_DIR=str(DBT_PROFILES_DIR))
+print(json.dumps({
+    target: Profile.render_profile(raw["elt"], "elt", target, ProfileRenderer({}))[1][setting]
+    for target, (setting, _) in %r.items()
+}))
+""" % (PROFILE_SETTINGS,)
+    env_vars = base_env(root, ELT_ENV=env, DBT_PROFILES_DIR=str(DBT_PROFILES_DIR), **extra)
     rendered = subprocess.run(
         [sys.executable, "-c", render], env=env_vars, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
     )
     assert rendered.returncode == 0, rendered.stderr
-    assert Path(rendered.stdout.strip().splitlines()[-1]) == Path(layout(env_vars)["warehouse"])
+    profile = json.loads(rendered.stdout.strip().splitlines()[-1])
+    code = layout(env_vars)
+    assert Path(profile["duckdb"]) == Path(code["warehouse"])
+    assert profile["postgres"] == code["postgres_database"]
 
 
 ENVIRONMENT_ENTRY_POINTS = {"promote": ["-m", "orchestration.promote"], "slim-ci": ["-m", "orchestration.slim_ci"]}
