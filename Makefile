@@ -93,7 +93,7 @@ REQUIRE_PREFECT_API = $(BIN)/python -c "import sys; from prefect.settings import
 deploy: setup
 	@$(REQUIRE_PREFECT_API) deploy
 	@[ "$(ELT_WORK_POOL)" != "$(K8S_WORK_POOL)" ] || [ -n "$(ELT_IMAGE)" ] || { echo "make deploy: the $(K8S_WORK_POOL) pool runs an image: set ELT_IMAGE" >&2; exit 1; }
-	ELT_WORK_POOL=$(ELT_WORK_POOL) ELT_IMAGE=$(ELT_IMAGE) $(BIN)/prefect --no-prompt deploy --all
+	ELT_WORK_POOL=$(ELT_WORK_POOL) ELT_IMAGE=$(ELT_IMAGE) ELT_ENV=$(or $(ELT_ENV),dev) $(BIN)/prefect --no-prompt deploy --all
 
 # Creates or updates the Kubernetes work pool from the committed base job template.
 work-pool: setup

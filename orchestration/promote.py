@@ -1,10 +1,10 @@
 """The `promote` flow: staging's published marts become prod's (DESIGN §2).
 
 It refuses unless staging's last dbt gate passed and staging was published from the dbt project
-being promoted (its files' digest, recorded at publish). The marts are copied in one DuckDB
-transaction on prod's warehouse, staging's attached read-only beside it (each environment's file
-has its own stem, hence its own database name), so a reader of prod, or a kill at any point,
-sees all old or all new marts. The promotion is recorded in prod's `marts_meta.promotions` (when,
+being promoted (its files' digest, recorded at publish). The marts are copied in one transaction
+on prod's warehouse (DuckDB: staging's file attached beside it; Postgres: streamed from staging's
+database, then swapped in), so a reader of prod, or a kill at any point, sees all old or all new
+marts. The promotion is recorded in prod's `marts_meta.promotions` (when,
 project version, rows per mart). Then staging's report files and manifest.json are archived
 under prod's promotions/<when>/ and installed as prod's reports/ and dbt_state/manifest.json
 (the state a dev build defers to); maintenance keeps the last few archives.
@@ -13,15 +13,20 @@ under prod's promotions/<when>/ and installed as prod's reports/ and dbt_state/m
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prefect import flow
 
 from core import storage
-from core.settings import data_dir, data_dir_or_exit, target, warehouse_path
+from core.secrets import resolve_into_environment
+from core.settings import data_dir, data_dir_or_exit, postgres_credentials, target, warehouse_path
 from core.warehouse import when_unlocked
 from lake.identifiers import validate_identifier
 from orchestration import dbt_gate
@@ -44,10 +49,10 @@ def staging_target_dir() -> Path:
 
 def check_promotable(current_version: str) -> dict:
     """Staging's last publish record, when it may be promoted; PromotionRefused otherwise."""
-    if target() != "duckdb":
-        raise PromotionRefused("promote copies DuckDB warehouses only; Postgres environments are not promoted yet")
-    if not warehouse_path(SOURCE_ENV).exists():
+    if target() == "duckdb" and not warehouse_path(SOURCE_ENV).exists():
         raise PromotionRefused(f"staging has no warehouse ({warehouse_path(SOURCE_ENV)}): run staging first")
+    if target() == "postgres":
+        postgres_urls()
     published = dbt_gate.last_publish(staging_target_dir())
     if published is None:
         raise PromotionRefused("staging's last dbt gate did not pass (or staging never published): nothing promoted")
@@ -60,62 +65,198 @@ def check_promotable(current_version: str) -> dict:
     return published
 
 
-def marts_tables(connection, catalog: str) -> list[str]:
-    rows = connection.execute(
-        "select table_name from information_schema.tables "
-        "where table_catalog = ? and table_schema = ? and table_type = 'BASE TABLE' order by 1",
-        [catalog, MARTS],
-    ).fetchall()
-    return [validate_identifier(name, "mart") for (name,) in rows]
+class DuckDBMarts:
+    """Prod's DuckDB warehouse with staging's attached read-only beside it (each environment's file
+    has its own stem, hence its own database name): a mart is copied by one statement."""
+
+    def __init__(self) -> None:
+        import duckdb
+
+        prod = warehouse_path(DESTINATION_ENV)
+        prod.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = when_unlocked(lambda: duckdb.connect(str(prod)), prod)
+        staging = warehouse_path(SOURCE_ENV)
+        attach = f"attach '{str(staging).replace(chr(39), chr(39) * 2)}' as staging_warehouse (read_only)"
+        when_unlocked(lambda: self.connection.execute(attach), staging)  # a staging run may be writing
+        self.prod_catalog = self.connection.execute("select current_database()").fetchone()[0]
+
+    def tables(self, catalog: str) -> list[str]:
+        rows = self.connection.execute(
+            "select table_name from information_schema.tables "
+            "where table_catalog = ? and table_schema = ? and table_type = 'BASE TABLE' order by 1",
+            [catalog, MARTS],
+        ).fetchall()
+        return [validate_identifier(name, "mart") for (name,) in rows]
+
+    def staging_tables(self) -> list[str]:
+        return self.tables("staging_warehouse")
+
+    def prod_tables(self) -> list[str]:
+        return self.tables(self.prod_catalog)
+
+    PARAMETER = "?"
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        self.connection.execute(sql, params)
+
+    def begin(self) -> None:
+        self.connection.execute("begin transaction")
+
+    def replace(self, table: str) -> int:
+        self.connection.execute(
+            f'create or replace table {MARTS}."{table}" as select * from staging_warehouse.{MARTS}."{table}"'
+        )
+        return self.connection.execute(f'select count(*) from {MARTS}."{table}"').fetchone()[0]
+
+    def commit(self) -> None:
+        self.connection.execute("commit")
+
+    def rollback(self) -> None:
+        self.connection.execute("rollback")
+
+    def close(self) -> None:
+        self.connection.close()
 
 
-def replace_mart(connection, table: str) -> int:
-    """Prod's mart replaced by staging's (inside the caller's transaction); its rows."""
-    connection.execute(
-        f'create or replace table {MARTS}."{table}" as select * from staging_warehouse.{MARTS}."{table}"'
-    )
-    return connection.execute(f'select count(*) from {MARTS}."{table}"').fetchone()[0]
+class PostgresMarts:
+    """Prod's and staging's Postgres databases, each as a run in that environment would reach it
+    (postgres_database's rule, the environment's own secrets). Postgres cannot write across
+    databases in one transaction: each mart is streamed from staging (one read-only snapshot of
+    all marts) into a table of prod's `marts_promoting` with binary COPY, then swapped into `marts`
+    — all inside one prod transaction, so prod's readers see all old or all new marts."""
+
+    INCOMING = "marts_promoting"
+
+    def __init__(self) -> None:
+        import psycopg2
+
+        staging, prod = postgres_urls()
+        try:
+            self.staging = psycopg2.connect(staging)
+            self.prod = psycopg2.connect(prod)
+        except psycopg2.OperationalError as error:
+            raise PromotionRefused(f"cannot connect: {str(error).strip().splitlines()[0]}") from None
+        self.staging.set_session(isolation_level="REPEATABLE READ", readonly=True)
+
+    def tables_of(self, connection) -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "select table_name from information_schema.tables "
+                "where table_schema = %s and table_type = 'BASE TABLE' order by 1",
+                [MARTS],
+            )
+            return [validate_identifier(name, "mart") for (name,) in cursor.fetchall()]
+
+    def staging_tables(self) -> list[str]:
+        return self.tables_of(self.staging)
+
+    def prod_tables(self) -> list[str]:
+        return self.tables_of(self.prod)
+
+    PARAMETER = "%s"
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        with self.prod.cursor() as cursor:
+            cursor.execute(sql, params)
+
+    def begin(self) -> None:  # psycopg2 opens the transaction with the first statement
+        self.execute(f"drop schema if exists {self.INCOMING} cascade")
+        self.execute(f"create schema {self.INCOMING}")
+
+    def staging_columns(self, table: str) -> str:
+        with self.staging.cursor() as cursor:
+            cursor.execute(
+                "select attname, format_type(atttypid, atttypmod) from pg_attribute "
+                "where attrelid = to_regclass(%s) and attnum > 0 and not attisdropped order by attnum",
+                [f'{MARTS}."{table}"'],
+            )
+            return ", ".join(f'"{name}" {type_}' for name, type_ in cursor.fetchall())
+
+    def replace(self, table: str) -> int:
+        self.execute(f'create table {self.INCOMING}."{table}" ({self.staging_columns(table)})')
+        with tempfile.SpooledTemporaryFile(max_size=64 * 2**20) as rows:
+            with self.staging.cursor() as cursor:
+                cursor.copy_expert(f'copy {MARTS}."{table}" to stdout (format binary)', rows)
+            rows.seek(0)
+            with self.prod.cursor() as cursor:
+                cursor.copy_expert(f'copy {self.INCOMING}."{table}" from stdin (format binary)', rows)
+        self.execute(f'drop table if exists {MARTS}."{table}" cascade')
+        self.execute(f'alter table {self.INCOMING}."{table}" set schema {MARTS}')
+        with self.prod.cursor() as cursor:
+            cursor.execute(f'select count(*) from {MARTS}."{table}"')
+            return cursor.fetchone()[0]
+
+    def commit(self) -> None:
+        self.execute(f"drop schema {self.INCOMING}")
+        self.prod.commit()
+
+    def rollback(self) -> None:
+        self.prod.rollback()
+
+    def close(self) -> None:
+        self.staging.close()
+        self.prod.close()
+
+
+def database_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path.lstrip('/')} on {parts.hostname}:{parts.port}"
+
+
+def postgres_urls() -> tuple[str, str]:
+    """Staging's and prod's Postgres connections; refused when they are one database."""
+    staging, prod = (postgres_credentials(environment_variables(env)) for env in (SOURCE_ENV, DESTINATION_ENV))
+    if database_of(staging) == database_of(prod):
+        raise PromotionRefused(f"staging and prod resolve to the same Postgres database ({database_of(prod)})")
+    return staging, prod
+
+
+def environment_variables(env: str) -> dict[str, str]:
+    """The variables a run in `env` would see: this process's, with ELT_ENV=env and the secret
+    chain resolved for it (its own prefix), so each side of a promotion has its own credentials."""
+    environ = {**os.environ, "ELT_ENV": env}
+    resolve_into_environment(environ)
+    return environ
+
+
+def replace_mart(warehouses: DuckDBMarts | PostgresMarts, table: str) -> int:
+    """Prod's mart replaced by staging's (inside the promotion's transaction); its rows."""
+    return warehouses.replace(table)
 
 
 def copy_marts(version: str, promoted_at: datetime) -> dict[str, int]:
     """Staging's marts replace prod's in one transaction; rows per mart as copied."""
-    import duckdb
-
-    prod = warehouse_path(DESTINATION_ENV)
-    prod.parent.mkdir(parents=True, exist_ok=True)
-    connection = when_unlocked(lambda: duckdb.connect(str(prod)), prod)
+    warehouses = DuckDBMarts() if target() == "duckdb" else PostgresMarts()
     begun = False
     try:
-        staging = warehouse_path(SOURCE_ENV)
-        attach = f"attach '{str(staging).replace(chr(39), chr(39) * 2)}' as staging_warehouse (read_only)"
-        when_unlocked(lambda: connection.execute(attach), staging)  # a staging run may be writing
-        tables = marts_tables(connection, "staging_warehouse")
+        tables = warehouses.staging_tables()
         if not tables:
             raise PromotionRefused("staging has no published marts")
-        prod_catalog = connection.execute("select current_database()").fetchone()[0]
-        connection.execute("begin transaction")
+        warehouses.begin()
         begun = True
-        connection.execute(f"create schema if not exists {MARTS}")
-        connection.execute("create schema if not exists marts_meta")
-        connection.execute(
+        warehouses.execute(f"create schema if not exists {MARTS}")
+        warehouses.execute("create schema if not exists marts_meta")
+        warehouses.execute(
             f"create table if not exists {PROMOTIONS_TABLE} "
             "(promoted_at timestamp, project_version varchar, mart varchar, row_count bigint)"
         )
-        for stale in set(marts_tables(connection, prod_catalog)) - set(tables):
-            connection.execute(f'drop table {MARTS}."{stale}"')
-        counts = {table: replace_mart(connection, table) for table in tables}
-        connection.executemany(
-            f"insert into {PROMOTIONS_TABLE} values (?, ?, ?, ?)",
-            [(promoted_at.replace(tzinfo=None), version, table, rows) for table, rows in counts.items()],
-        )
-        connection.execute("commit")
+        for stale in set(warehouses.prod_tables()) - set(tables):
+            warehouses.execute(f'drop table {MARTS}."{stale}"')
+        counts = {table: replace_mart(warehouses, table) for table in tables}
+        values = ", ".join([warehouses.PARAMETER] * 4)
+        for table, rows in counts.items():
+            warehouses.execute(
+                f"insert into {PROMOTIONS_TABLE} values ({values})",
+                (promoted_at.replace(tzinfo=None), version, table, rows),
+            )
+        warehouses.commit()
         return counts
     except BaseException:
         if begun:
-            connection.execute("rollback")
+            warehouses.rollback()
         raise
     finally:
-        connection.close()
+        warehouses.close()
 
 
 def install_artifacts(promoted_at: datetime) -> Path:

@@ -31,7 +31,7 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core.settings import PROJECT_ROOT, data_dir_or_exit
-from orchestration.concurrency import WAREHOUSE_LIMIT, ensure_warehouse_limit
+from orchestration.concurrency import ensure_warehouse_limit, warehouse_limit
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with api:
             ensure_warehouse_limit()
-            print(f"Warehouse writers take turns: global concurrency limit {WAREHOUSE_LIMIT!r} (1 slot)")
+            print(f"Warehouse writers take turns: global concurrency limit {warehouse_limit()!r} (1 slot)")
             serve(*deployments())
     finally:
         if server:

@@ -20,8 +20,8 @@ KILLED_AT = "promote: SIGKILL after the first mart, inside the transaction"
 def arm() -> None:
     replace_mart = promote.replace_mart
 
-    def replace_then_die(connection, table: str) -> int:
-        rows = replace_mart(connection, table)
+    def replace_then_die(warehouses, table: str) -> int:
+        rows = replace_mart(warehouses, table)
         print(KILLED_AT, file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
         return rows

@@ -3,6 +3,7 @@ real local Prefect server exactly as `make serve` serves them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -92,8 +93,11 @@ def test_make_work_pool_replaces_a_pools_template_with_the_committed_one(prefect
     assert pool.base_job_template == json.loads(K8S_JOB_TEMPLATE.read_text())
 
 
-@pytest.mark.parametrize(("pool", "pool_type"), [("elt", "process"), ("elt-k8s", "kubernetes")])
-def test_make_deploy_puts_the_served_deployments_in_the_pool(prefect_api, tmp_path, pool, pool_type):
+@pytest.mark.parametrize(
+    ("elt_env", "pool", "pool_type"), [(None, "elt-k8s", "kubernetes"), ("prod", "elt-prod", "process")]
+)
+def test_make_deploy_puts_the_served_deployments_in_the_pool(prefect_api, tmp_path, elt_env, pool, pool_type):
+    env = {"ELT_ENV": elt_env} if elt_env else {}
     if pool_type == "kubernetes":
         make("work-pool", tmp_path)
     else:
@@ -101,17 +105,39 @@ def test_make_deploy_puts_the_served_deployments_in_the_pool(prefect_api, tmp_pa
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(pool).type == pool_type
 
-    make("deploy", tmp_path, ELT_WORK_POOL=pool, ELT_IMAGE=IMAGE)
+    # The process pool is not named: make derives elt-<env> from ELT_ENV.
+    make("deploy", tmp_path, ELT_IMAGE=IMAGE, **env, **({"ELT_WORK_POOL": pool} if pool_type == "kubernetes" else {}))
 
     served = {deployment.name: as_served(deployment) for deployment in deployments()}
     in_pool = deployed(pool)
     assert set(in_pool) == {"vehicles-hourly", "daily-summary", "football-weekly", "maintenance-daily"}
     assert {name: fields for name, (fields, _) in in_pool.items()} == served
     run_time_directory = [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $ELT_PROJECT_DIR }}"}}]
+    job_variables = {"image": IMAGE, "env": {"ELT_ENV": elt_env or "dev"}}
     assert {name: where for name, (_, where) in in_pool.items()} == {
-        name: {"work_pool_name": pool, "job_variables": {"image": IMAGE}, "pull_steps": run_time_directory}
+        name: {"work_pool_name": pool, "job_variables": job_variables, "pull_steps": run_time_directory}
         for name in served
     }
+
+
+def test_a_process_worker_runs_a_deployment_in_the_deployment_s_environment(prefect_api, tmp_path, monkeypatch):
+    """A worker started with another ELT_ENV (or none) still runs prod's deployments in prod:
+    the process worker's own configuration code, given the pool's template and the deployment's
+    job variables as the server holds them, puts the deployment's ELT_ENV over the worker's."""
+    from prefect.workers.process import ProcessJobConfiguration
+
+    prefect_cli("work-pool", "create", "elt-prod", "--type", "process", "--overwrite")
+    make("deploy", tmp_path, ELT_ENV="prod")
+    monkeypatch.setenv("ELT_ENV", "staging")  # the worker's own
+    with get_client(sync_client=True) as client:
+        template = client.read_work_pool("elt-prod").base_job_template
+        deployment = client.read_deployment_by_name("elt/daily-summary")
+        flow = client.read_flow(deployment.flow_id)
+        flow_run = client.create_flow_run_from_deployment(deployment.id)
+    configuration = asyncio.run(ProcessJobConfiguration.from_template_and_values(template, deployment.job_variables))
+    configuration.prepare_for_flow_run(flow_run, deployment, flow)
+    assert configuration.env["ELT_ENV"] == "prod"
+    assert configuration.env["PATH"] == os.environ["PATH"]  # the worker's environment is kept beneath it
 
 
 def test_make_deploy_needs_a_prefect_api_and_for_kubernetes_an_image(tmp_path):

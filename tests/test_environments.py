@@ -33,6 +33,7 @@ from core.settings import data_dir, landing_location, postgres_database, warehou
 from lake.catalog_database import catalog_schema, catalog_uri, lake_dir
 from lake.files import state_dir, STATES
 from loaders.modes import marker_path
+from orchestration.concurrency import warehouse_limit
 from orchestration.dbt_gate import target_dir
 from orchestration.report import report_dir
 print(json.dumps({
@@ -47,6 +48,7 @@ print(json.dumps({
     "mode_marker": str(marker_path()),
     "dbt_target": str(target_dir()),
     "reports": str(report_dir()),
+    "warehouse_limit": warehouse_limit(),
 }))
 """
     result = subprocess.run(
@@ -95,6 +97,7 @@ def test_without_elt_env_every_path_and_name_is_today_s(tmp_path):
         "mode_marker": str(root / ".elt-mode"),
         "dbt_target": str(root / "dbt_target"),
         "reports": str(root / "reports"),
+        "warehouse_limit": "elt-warehouse",
         "work_pool": "elt",
         "k8s_pool": "elt-k8s",
     }
@@ -115,6 +118,7 @@ def test_staging_and_prod_live_below_the_data_dir_with_their_own_names(tmp_path,
     from_own_secret = base_env(root, ELT_ENV=env, PGDATABASE="analytics", ELT_SECRETS_FILLED="PGDATABASE,PGUSER")
     assert layout(from_own_secret)["postgres_database"] == "analytics"
     assert paths["work_pool"] == f"elt-{env}" and paths["k8s_pool"] == f"elt-k8s-{env}"
+    assert paths["warehouse_limit"] == f"elt-warehouse-{env}"
     assert paths["catalog_schema"] == f"iceberg_catalog_{env}"
     owned = ("landing", "lake", "incoming", "pending", "processing", "processed", "failed", "dbt_target", "reports")
     for name in owned:
@@ -144,7 +148,7 @@ def test_dbt_s_profile_opens_the_same_warehouse_as_the_code(tmp_path, env, extra
     call Python): held equal here, for both targets."""
     root = tmp_path / "data"
     render = """
-import json, os
+import json, os, sys
 from dbt.config.profile import Profile, read_profile
 from dbt.config.renderer import ProfileRenderer
 from dbt_common.context import set_invocation_context
@@ -152,12 +156,17 @@ set_invocation_context(os.environ)
 raw = read_profile(os.environ["DBT_PROFILES_DIR"])
 print(json.dumps({
     target: Profile.render_profile(raw["elt"], "elt", target, ProfileRenderer({}))[1][setting]
-    for target, (setting, _) in %r.items()
+    for target, (setting, _) in json.loads(sys.argv[1]).items()
 }))
-""" % (PROFILE_SETTINGS,)
+"""
     env_vars = base_env(root, ELT_ENV=env, DBT_PROFILES_DIR=str(DBT_PROFILES_DIR), **extra)
     rendered = subprocess.run(
-        [sys.executable, "-c", render], env=env_vars, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", render, json.dumps(PROFILE_SETTINGS)],
+        env=env_vars,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert rendered.returncode == 0, rendered.stderr
     profile = json.loads(rendered.stdout.strip().splitlines()[-1])

@@ -269,6 +269,9 @@ def test_job_variables_without_an_image_are_refused():
         validate({"env": {"ELT_MODE": "live"}}, template()["variables"], raise_on_error=True, preprocess=True)
 
 
+DEPLOYED_ENV = "prod"
+
+
 def deployments() -> list[dict]:
     """prefect.yaml's deployments as the worker sees them: name, entrypoint, parameters, and the
     job variables with their `{{ $VAR }}` placeholders resolved by Prefect, as `prefect deploy`
@@ -279,6 +282,7 @@ def deployments() -> list[dict]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ELT_IMAGE", IMAGE)
         patch.setenv("ELT_WORK_POOL", WORK_POOL)
+        patch.setenv("ELT_ENV", DEPLOYED_ENV)
         return [
             {
                 "name": entry["name"],
@@ -414,6 +418,14 @@ def test_the_job_reads_the_secret_and_keeps_data_on_the_volume(rendered, name):
     assert {"secretRef": {"name": "elt-secrets"}} in container_of(job)["envFrom"]
     assert claim["persistentVolumeClaim"]["claimName"] == the("PersistentVolumeClaim")["metadata"]["name"]
     assert env_of(job)["ELT_DATA_DIR"] == mount["mountPath"]
+
+
+@pytest.mark.parametrize("name", deployment_names())
+def test_the_job_runs_in_the_deployment_s_environment_beside_the_template_s_variables(rendered, name):
+    env = env_of(rendered[name]["job"])
+    assert env["ELT_ENV"] == DEPLOYED_ENV
+    template_container = template()["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert {item["name"]: item["value"] for item in template_container["env"]}.items() <= env.items()
 
 
 @pytest.mark.parametrize("name", deployment_names())

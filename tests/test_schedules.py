@@ -28,7 +28,7 @@ from lake.files import SAMPLE_DIR
 from lake.registry import Registry
 from loaders.football_api import football_api
 from loaders.pipelines import pipeline
-from orchestration.concurrency import TURN_RELEASED, TURN_TAKEN, WAREHOUSE_LIMIT
+from orchestration.concurrency import TURN_RELEASED, TURN_TAKEN, warehouse_limit
 from orchestration.flows import backfill, elt, maintenance
 from orchestration.serve import deployments
 from spark_jobs.lake_commit import ensure_tables
@@ -235,7 +235,7 @@ def test_served_runs_triggered_together_take_turns_in_the_warehouse(data_dir, tm
         assert all(run.state.is_completed() for run in runs), [run.state for run in runs]
         turns = warehouse_turns([vehicles.id, football.id], expected=5)
         with get_client(sync_client=True) as client:
-            assert client.read_global_concurrency_limit_by_name(WAREHOUSE_LIMIT).limit == 1
+            assert client.read_global_concurrency_limit_by_name(warehouse_limit()).limit == 1
 
         hourly_before_files = rows("select count(*), count(distinct vehicle_id) from raw_vehicles.vehicle_events")
 
