@@ -160,10 +160,22 @@ def test_the_kustomization_sets_the_worker_s_image():
     assert [image["name"] for image in kustomization()["images"]] == [worker_container()["image"]]
 
 
+def expanded(argument: str, container: dict) -> str:
+    """A command argument as Kubernetes runs it: `$(NAME)` replaced by the container's variable,
+    here one taken from a ConfigMap of the kustomization."""
+
+    def value_of(match: re.Match) -> str:
+        (variable,) = [item for item in container["env"] if item["name"] == match.group(1)]
+        reference = variable["valueFrom"]["configMapKeyRef"]
+        return the("ConfigMap", reference["name"])["data"][reference["key"]]
+
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value_of, argument)
+
+
 def test_the_worker_polls_the_kubernetes_pool_with_a_health_endpoint():
     command = worker_container()["command"]
     assert command[:3] == ["prefect", "worker", "start"]
-    assert command[command.index("--pool") + 1] == WORK_POOL
+    assert expanded(command[command.index("--pool") + 1], worker_container()) == WORK_POOL
     assert command[command.index("--type") + 1] == "kubernetes"
     assert "--with-healthcheck" in command
     # A worker that created a missing pool would give it Prefect's default template.
