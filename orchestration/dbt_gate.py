@@ -107,16 +107,14 @@ def manifest() -> dict:
     return json.loads((target_dir() / "manifest.json").read_text())
 
 
-def inputs_fingerprint(selector: str | None) -> str | None:
-    """A digest of everything a build reads: the dbt project's files, the selector and target,
-    and per source table of the last build's manifest its row count and newest load marker
-    (dlt's _dlt_load_id, the lake's batch_id). None before the first build."""
+def inputs_fingerprint(selector: str | None, version: str) -> str | None:
+    """A digest of everything a build reads: the dbt project's files (their `version`), the
+    selector and target, and per source table of the last build's manifest its row count and
+    newest load marker (dlt's _dlt_load_id, the lake's batch_id). None before the first build."""
     manifest = target_dir() / "manifest.json"
     if not manifest.exists():
         return None
-    digest = hashlib.sha256(json.dumps([target(), selector]).encode())
-    for line in project_file_digests():
-        digest.update(line.encode())
+    digest = hashlib.sha256(json.dumps([target(), selector, version]).encode())
     sources = json.loads(manifest.read_text())["sources"]
     for unique_id in sorted(sources):
         source = sources[unique_id]
@@ -163,10 +161,11 @@ def already_published(fingerprint: str | None) -> bool:
     return json.loads(recorded.read_text()).get("fingerprint") == fingerprint
 
 
-def record_published(fingerprint: str | None) -> None:
-    """What the last publish was built from: its inputs, and the project version promotion checks."""
+def record_published(fingerprint: str | None, version: str) -> None:
+    """What the last publish was built from: its inputs, and the project version promotion checks
+    (taken before the build, so a file edited during it does not pass for what was built)."""
     if fingerprint is not None:
-        record = {"fingerprint": fingerprint, "project_version": project_version()}
+        record = {"fingerprint": fingerprint, "project_version": version}
         (target_dir() / PUBLISHED_INPUTS).write_text(json.dumps(record))
 
 

@@ -294,7 +294,8 @@ def elt(
         outcome["freshness"] = freshness
         skips = plan_build(reuse_parse=True)  # freshness has just parsed the project
         outcome["skipped"] = skips.messages
-        inputs = dbt_gate.inputs_fingerprint(selector)
+        version = dbt_gate.project_version()
+        inputs = dbt_gate.inputs_fingerprint(selector, version)
         if dbt_gate.already_published(inputs):
             get_run_logger().info("nothing new since the last published build: gate and publish skipped")
             outcome["gate_skipped"] = True
@@ -307,7 +308,7 @@ def elt(
             reports = step("publish", lambda: publish(skips.marts), lambda files: f"{len(files)} report files")
             # Before the first build there is no manifest to read the inputs from; the build
             # changed no source table, so they can be read now.
-            dbt_gate.record_published(inputs or dbt_gate.inputs_fingerprint(selector))
+            dbt_gate.record_published(inputs or dbt_gate.inputs_fingerprint(selector, version), version)
             outcome["tests"] = gate.counts
             outcome["dbt_command"] = gate.command
     outcome["reports"] = reports

@@ -39,7 +39,6 @@ from core.warehouse import WarehouseBusy, held_for_writing
 from orchestration.promote import MARTS
 
 PROD = "prod"
-AUDIT_SCHEMA = "marts_audit"
 ATTACH_VARIABLE = "DBT_DUCKDB_ATTACH"
 
 
@@ -68,10 +67,12 @@ def check_runnable() -> None:
 
 
 def published_relation(node: dict, database: str) -> dict:
-    """A manifest node moved to where prod serves it: prod's database, published marts schema."""
+    """A manifest node moved to where prod serves it: prod's database, and for a mart (configured
+    for the `marts` schema, as publish_marts selects them) the published schema rather than the
+    audit schema the orchestrated build wrote it to."""
     if node.get("database") is None or node.get("relation_name") is None:
         return node
-    schema = MARTS if node["schema"] == AUDIT_SCHEMA else node["schema"]
+    schema = MARTS if node.get("config", {}).get("schema") == MARTS else node["schema"]
     relation_name = f'"{database}"."{schema}"."{node["alias"]}"'
     return {**node, "database": database, "schema": schema, "relation_name": relation_name}
 

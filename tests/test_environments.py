@@ -75,7 +75,13 @@ def pools_make_uses(env: dict[str, str]) -> dict[str, str]:
 
 
 def base_env(root: Path, **extra: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("ELT_", "ICEBERG_"))}
+    """This process's environment without its ELT_, ICEBERG_ and PGDATABASE settings (the server's
+    address and user stay), the data dir at `root`, then `extra`."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("ELT_", "ICEBERG_")) and name != "PGDATABASE"
+    }
     return {**env, **QUIET_TOOLS, "ELT_DATA_DIR": str(root), **extra}
 
 
