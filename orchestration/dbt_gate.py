@@ -223,11 +223,16 @@ def summarise(command: list[str], folder: Path | None = None) -> GateResult:
     return GateResult(command, counts, errors, warnings)
 
 
+def plain_target_dir() -> Path:
+    """Where `make build` or a plain `dbt build` writes: dbt reads DBT_TARGET_PATH, relative to the project."""
+    return DBT_PROJECT_DIR / os.environ.get("DBT_TARGET_PATH", "target")
+
+
 def last_gate() -> tuple[datetime, GateResult] | None:
     """When the last dbt build or retry ran and its result, from the elt flow's target folder or
     a plain `dbt build`'s, whichever ran last; None when neither has run."""
     candidates = []
-    for folder in (target_dir(), DBT_PROJECT_DIR / "target"):
+    for folder in (target_dir(), plain_target_dir()):
         results = folder / "run_results.json"
         if results.exists() and (folder / "manifest.json").exists():
             document = json.loads(results.read_text())
