@@ -22,7 +22,7 @@ from lake.files import state_dir
 from loaders.vehicles.generate import generate
 from orchestration.flows import elt
 
-from .browser import render, visible_text
+from .browser import render, visible_text, without_network
 from .conftest import QUIET_TOOLS, rows
 from .vehicles_helpers import expected_daily_summary, good_events
 
@@ -274,6 +274,19 @@ def test_the_data_quality_page_shows_rejections_failed_files_gate_and_freshness(
     checked = json.loads((data_dir / "dbt_target" / "sources.json").read_text())["results"]
     freshness = {row[0]: row[1] for row in tables["source-freshness"]}
     assert freshness == {result["unique_id"].removeprefix("source.elt."): result["status"] for result in checked}
+
+
+def test_charts_render_without_a_network():
+    if not without_network():
+        pytest.skip("this user cannot make a network namespace (unshare --net)")
+    chart = (
+        "from orchestration.report_html import goals_per_month_chart, svg; "
+        "print(svg(goals_per_month_chart([{'division_code': 'E0', 'month': '2024-08-01', 'goals': 31}])))"
+    )
+    command = [*without_network(), sys.executable, "-c", chart]
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<svg") and ">E0<" in result.stdout and ">Aug 2024<" in result.stdout
 
 
 def test_make_report_on_a_warehouse_without_vehicles_says_so_and_still_writes(data_dir):
