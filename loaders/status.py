@@ -129,7 +129,7 @@ def failed_files(root: Path | None = None) -> list[FailedFile]:
     """Every vehicle file parked in failed/<type>/, with what its <file>.error.json says."""
     folder = (root or data_dir()) / "failed"
     found = []
-    for path in sorted(folder.rglob("*.error.json")) if folder.is_dir() else []:
+    for path in sorted(folder.rglob("*.error.json")):
         error = json.loads(path.read_text(encoding="utf-8"))
         found.append(
             FailedFile(

@@ -13,7 +13,7 @@ renderer: no browser, no network), then inlined. Jinja2 escapes every value from
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +38,7 @@ VEHICLE_MARTS = ("daily_summary", "fct_vehicle_events")
 HOURLY_DAYS = 7  # events per hour over the last week of data: a year of hours is no chart to read
 CHART_WIDTH = 900
 CHART_HEIGHT = 220
+CHART_PADDING = {"left": 40, "top": 5, "right": 20, "bottom": 5}
 
 # fct_standings and rpt_league_leaders name teams as football-data.co.uk spells them; fct_matches
 # carries each spelling's conformed key, and dim_teams the conformed name for that key.
@@ -199,7 +200,7 @@ class QualitySection:
 
 
 def plain(value: Any) -> Any:
-    """A warehouse value as JSON and the page show it: dates ISO (UTC for instants), numbers as numbers."""
+    """A warehouse value as the page and the chart specs take it: ISO dates (instants in UTC), numbers."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value.tzinfo else value.isoformat()
     if isinstance(value, date):
@@ -230,8 +231,9 @@ def svg(chart: alt.Chart) -> Markup:
     return Markup(vl_convert.vegalite_to_svg(chart.to_dict()))
 
 
-def base_chart(rows: list[dict]) -> alt.Chart:
-    return alt.Chart(alt.Data(values=rows), width=CHART_WIDTH, height=CHART_HEIGHT)
+def base_chart(rows: list[dict], width: int = CHART_WIDTH, height: int = CHART_HEIGHT) -> alt.Chart:
+    # vl-convert lays labels out with its own font's widths; a browser's sans-serif may be wider.
+    return alt.Chart(alt.Data(values=rows), width=width, height=height, padding=CHART_PADDING)
 
 
 def goals_per_month_chart(rows: list[dict]) -> alt.Chart:
@@ -287,21 +289,22 @@ def events_per_hour_chart(rows: list[dict]) -> alt.Chart:
 
 def rejected_records_chart(rows: list[dict]) -> alt.Chart:
     return (
-        alt.Chart(alt.Data(values=rows), width=CHART_WIDTH - 300)
+        base_chart(rows, width=CHART_WIDTH - 300, height=alt.Step(24))
         .mark_bar()
         .encode(y=alt.Y("table:N", title=None), x=alt.X("records:Q", title="Rejected records"))
     )
 
 
 def league_tables(rows: list[dict]) -> list[LeagueTable]:
-    """The standings rows, already in display order, one table per division-season."""
-    return [
-        LeagueTable(division_code, first["division_name"], season_code, first["season_label"], [first, *rest])
-        for (division_code, season_code), (first, *rest) in (
-            (key, list(group))
-            for key, group in itertools.groupby(rows, key=lambda row: (row["division_code"], row["season_code"]))
-        )
-    ]
+    """The standings rows, already in display order, as one table per division-season."""
+    tables = []
+    for (division_code, season_code), group in itertools.groupby(
+        rows, key=lambda row: (row["division_code"], row["season_code"])
+    ):
+        standings = list(group)
+        first = standings[0]
+        tables.append(LeagueTable(division_code, first["division_name"], season_code, first["season_label"], standings))
+    return tables
 
 
 def football_section(published: set[str]) -> FootballSection:
@@ -350,6 +353,14 @@ def utc_text(moment: datetime | None) -> str:
     return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}" if moment else ""
 
 
+def readable_time(text: str) -> str:
+    """An ISO instant read from a JSON file, as the page shows times; any other text as it is."""
+    try:
+        return utc_text(datetime.fromisoformat(text))
+    except ValueError:
+        return text
+
+
 def quality_section() -> QualitySection:
     """What `python -m loaders status` reads, through its functions, and the last dbt gate."""
     tables = status.raw_tables()
@@ -364,11 +375,11 @@ def quality_section() -> QualitySection:
         raw_tables=tables,
         rejected=rejected,
         files_per_state=status.files_per_state(),
-        failed_files=status.failed_files(),
+        failed_files=[replace(failed, failed_at=readable_time(failed.failed_at)) for failed in status.failed_files()],
         gate=gate[1] if gate else None,
         gate_finished_at=utc_text(gate[0] if gate else None),
         freshness_checked_at=utc_text(checked),
-        freshness=[(source, state, plain(loaded)) for source, state, loaded in freshness],
+        freshness=[(source, state, readable_time(loaded)) for source, state, loaded in freshness],
     )
     if rejected:
         counts = [{"table": table.name, "records": table.rows} for table in rejected]
@@ -399,7 +410,7 @@ def report_html(now: datetime | None = None) -> str:
     return render(
         generated_at=utc_text(now or datetime.now(UTC)),
         warehouse=describe_warehouse(),
-        mode=f"Environment {environment()}.",
+        environment=environment(),
         football=football_section(published),
         vehicles=vehicles_section(published),
         quality=quality_section(),
