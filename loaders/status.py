@@ -54,6 +54,22 @@ def raw_tables() -> list[RawTable]:
     return tables
 
 
+def rejected_tables(tables: list[RawTable]) -> list[RawTable]:
+    """The rejected-records tables among the raw tables (football rows, vehicle records)."""
+    return [table for table in tables if "rejected" in table.name]
+
+
+def most_frequent_reasons(table: RawTable, limit: int = 3) -> list[tuple[str, int]]:
+    """(reason, records) for the reasons a rejected-records table gives most often."""
+    if "reason" not in _columns_by_table().get((table.schema, table.name), ()):
+        return []
+    _, found = query(
+        f"select reason, count(*) as records from {_quoted(table.schema, table.name)} "
+        f"group by reason order by records desc, reason limit {int(limit)}"
+    )
+    return [(reason, records) for reason, records in found]
+
+
 def _quoted(schema: str, name: str) -> str:
     """Names read from information_schema, quoted as SQL identifiers (embedded quotes doubled)."""
     return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, name))
@@ -98,6 +114,33 @@ def files_per_state(root: Path | None = None) -> dict[str, dict[str, int]]:
             counts.setdefault(file_type, {}).setdefault(state, 0)
             counts[file_type][state] += 1
     return counts
+
+
+@dataclass
+class FailedFile:
+    file_type: str
+    name: str
+    reason: str
+    detail: str
+    failed_at: str
+
+
+def failed_files(root: Path | None = None) -> list[FailedFile]:
+    """Every vehicle file parked in failed/<type>/, with what its <file>.error.json says."""
+    folder = (root or data_dir()) / "failed"
+    found = []
+    for path in sorted(folder.rglob("*.error.json")):
+        error = json.loads(path.read_text(encoding="utf-8"))
+        found.append(
+            FailedFile(
+                file_type=error.get("file_type", path.parent.name),
+                name=error.get("file", path.name.removesuffix(".error.json")),
+                reason=error.get("reason", ""),
+                detail=error.get("detail", ""),
+                failed_at=error.get("failed_at", ""),
+            )
+        )
+    return found
 
 
 def freshness(results: Path | None = None) -> tuple[datetime | None, list[tuple[str, str, str]]]:
@@ -152,7 +195,7 @@ def report() -> str:
                 ],
             )
         )
-        rejected = [t for t in tables if "rejected" in t.name]
+        rejected = rejected_tables(tables)
         sections.append(
             "Rejected records: " + (", ".join(f"{t.schema}.{t.name} {t.rows:,}" for t in rejected) or "none")
         )

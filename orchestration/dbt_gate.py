@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
@@ -197,10 +198,11 @@ def previous_exclude() -> list[str]:
     return json.loads(results.read_text()).get("args", {}).get("exclude") or []
 
 
-def summarise(command: list[str]) -> GateResult:
+def summarise(command: list[str], folder: Path | None = None) -> GateResult:
     """Read run_results.json and the manifest: what failed, on which model, with sample rows."""
-    results = json.loads((target_dir() / "run_results.json").read_text())["results"]
-    nodes = json.loads((target_dir() / "manifest.json").read_text())["nodes"]
+    folder = folder or target_dir()
+    results = json.loads((folder / "run_results.json").read_text())["results"]
+    nodes = json.loads((folder / "manifest.json").read_text())["nodes"]
     counts: dict[str, int] = {}
     errors, warnings = [], []
     for result in results:
@@ -218,6 +220,28 @@ def summarise(command: list[str]) -> GateResult:
         )
         (warnings if result["status"] == "warn" else errors).append(failure)
     return GateResult(command, counts, errors, warnings)
+
+
+def plain_target_dir() -> Path:
+    """Where `make build` or a plain `dbt build` writes: dbt reads DBT_TARGET_PATH, relative to the project."""
+    return DBT_PROJECT_DIR / os.environ.get("DBT_TARGET_PATH", "target")
+
+
+def last_gate() -> tuple[datetime, GateResult] | None:
+    """When the last dbt build or retry ran and its result, from the elt flow's target folder or
+    a plain `dbt build`'s, whichever ran last; None when neither has run."""
+    candidates = []
+    for folder in (target_dir(), plain_target_dir()):
+        results = folder / "run_results.json"
+        if results.exists() and (folder / "manifest.json").exists():
+            document = json.loads(results.read_text())
+            if document.get("args", {}).get("which") in ("build", "retry"):
+                finished = datetime.fromisoformat(document["metadata"]["generated_at"].replace("Z", "+00:00"))
+                candidates.append((finished, folder, document["args"]["which"]))
+    if not candidates:
+        return None
+    finished, folder, which = max(candidates)
+    return finished, summarise([which], folder)
 
 
 def _sample_rows(relation: str | None) -> list[dict]:

@@ -34,7 +34,7 @@ from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.pipelines import pipeline
 from orchestration import build_plan, dbt_gate
 from orchestration.concurrency import writes_to_warehouse
-from orchestration.report import export_reports, report_dir
+from orchestration.report import HTML_REPORT, export_reports, report_dir
 
 SOURCES = ("football_csv", "football_api", "vehicles")
 T = TypeVar("T")
@@ -347,7 +347,7 @@ def print_summary(outcome: dict) -> None:
         print("dbt: nothing new since the last published build (same data, same project): gate and publish skipped")
     if "tests" in outcome:
         print(f"dbt: {describe_counts(outcome['tests'])}")
-    print(f"Report: {report_dir()}")
+    print(f"Report: {report_dir() / HTML_REPORT} (open it in a browser; the CSV files are beside it)")
     print("Docs:   make docs, then open http://127.0.0.1:8080")
 
 

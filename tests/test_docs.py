@@ -3,11 +3,9 @@ headless Chromium (Debian's package, installed here when missing), with a screen
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -20,25 +18,11 @@ import yaml
 
 from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR
 
+from .browser import render, visible_text
 from .conftest import QUIET_TOOLS, listens_on_loopback_only, run_dbt
 from .processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_target]
-CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
-
-
-def chromium() -> str:
-    """Debian's Chromium; installed with apt when missing (the tests run as root in CI)."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and this user cannot install it (apt-get install chromium)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True, timeout=600)
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *CHROMIUM_PACKAGES]
-    subprocess.run(install, env=env, check=True, capture_output=True, timeout=900)
-    return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +54,6 @@ def docs_server(module_data_dir: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def render(page: str, screenshot: Path | None = None) -> str:
-    """The page's DOM after its scripts ran, from headless Chromium; optionally a screenshot."""
-    common = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-    common += ["--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=15000"]
-    if screenshot:
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*common, f"--screenshot={screenshot}", page], check=True, capture_output=True, timeout=120)
-    return subprocess.run([*common, "--dump-dom", page], check=True, capture_output=True, text=True, timeout=120).stdout
-
-
 def test_the_docs_are_served_on_loopback_only(docs_server):
     manifest = json.load(urllib.request.urlopen(f"{docs_server}/manifest.json", timeout=10))
     assert "model.elt.daily_summary" in manifest["nodes"]
@@ -93,12 +67,6 @@ def documented_model(name: str) -> dict:
             if model["name"] == name:
                 return model
     raise AssertionError(f"no yml documents the model {name}")
-
-
-def visible_text(dom: str) -> str:
-    """What a reader can read: the DOM without scripts, styles and tags, whitespace collapsed."""
-    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
 
 
 def sql_dependencies(model: str) -> set[str]:

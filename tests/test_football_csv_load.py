@@ -251,7 +251,7 @@ def test_competition_facts_and_the_exported_report(all_real_files, tmp_path):
     assert query("select count(*), count(distinct team_id) from marts.fct_competition_teams") == [(38, 38)]
     assert query("select count(*) from marts.fct_api_matches where is_finished") == [(54,)]
     written = export_reports(tmp_path)
-    assert [path.name for path in written] == ["teams_per_competition.csv", "league_leaders.csv"]
+    assert [path.name for path in written] == ["teams_per_competition.csv", "league_leaders.csv", "report.html"]
     teams = list(csv.DictReader(written[0].open(encoding="utf-8")))
     assert [(row["competition_code"], row["season"], row["teams"]) for row in teams] == [
         ("BL1", "2022", "18"),
@@ -263,6 +263,13 @@ def test_competition_facts_and_the_exported_report(all_real_files, tmp_path):
     manifest = json.loads((all_real_files["data_dir"] / "dbt_target" / "manifest.json").read_text())
     exposure = manifest["exposures"]["exposure.elt.football_summary_report"]
     assert sorted(exposure["depends_on"]["nodes"]) == [
+        "model.elt.daily_summary",
+        "model.elt.dim_divisions",
+        "model.elt.dim_seasons",
+        "model.elt.dim_teams",
+        "model.elt.fct_matches",
+        "model.elt.fct_standings",
+        "model.elt.fct_vehicle_events",
         "model.elt.rpt_league_leaders",
         "model.elt.rpt_teams_per_competition",
     ]
