@@ -40,38 +40,14 @@ CHART_WIDTH = 900
 CHART_HEIGHT = 220
 CHART_PADDING = {"left": 40, "top": 5, "right": 20, "bottom": 5}
 
-# fct_standings and rpt_league_leaders name teams as football-data.co.uk spells them; fct_matches
-# carries each spelling's conformed key, and dim_teams the conformed name for that key.
-CONFORMED_NAMES = """
-team_keys as (
-
-    select division_code, season_code, home_team_name as football_data_team_name, home_team_key as team_key
-    from marts.fct_matches
-    union
-    select division_code, season_code, away_team_name, away_team_key
-    from marts.fct_matches
-
-),
-
-conformed_names as (
-
-    select team_keys.division_code, team_keys.season_code, team_keys.football_data_team_name, teams.team_name
-    from team_keys
-    inner join marts.dim_teams as teams on team_keys.team_key = teams.team_key
-
-)
-"""
-
-LEAGUE_TABLES_SQL = f"""
-with
-{CONFORMED_NAMES}
+LEAGUE_TABLES_SQL = """
 select
     standings.division_code,
     divisions.division_name,
     standings.season_code,
     seasons.season_label,
     standings.position,
-    coalesce(conformed_names.team_name, standings.team_name) as team_name,
+    teams.team_name,
     standings.played,
     standings.won,
     standings.drawn,
@@ -83,32 +59,24 @@ select
 from marts.fct_standings as standings
 inner join marts.dim_divisions as divisions on standings.division_code = divisions.division_code
 inner join marts.dim_seasons as seasons on standings.season_code = seasons.season_code
-left join conformed_names
-    on standings.division_code = conformed_names.division_code
-    and standings.season_code = conformed_names.season_code
-    and standings.team_name = conformed_names.football_data_team_name
+inner join marts.dim_teams as teams on standings.team_key = teams.team_key
 order by seasons.start_year desc, divisions.country, divisions.tier, standings.division_code, standings.position
 """
 
-LEADERS_SQL = f"""
-with
-{CONFORMED_NAMES}
+LEADERS_SQL = """
 select
     leaders.division_code,
     leaders.division_name,
     leaders.country,
     seasons.season_code,
     leaders.season_label,
-    coalesce(conformed_names.team_name, leaders.leader) as team_name,
+    teams.team_name,
     leaders.played,
     leaders.points,
     leaders.goal_difference
 from marts.rpt_league_leaders as leaders
 inner join marts.dim_seasons as seasons on leaders.season_label = seasons.season_label
-left join conformed_names
-    on leaders.division_code = conformed_names.division_code
-    and seasons.season_code = conformed_names.season_code
-    and leaders.leader = conformed_names.football_data_team_name
+inner join marts.dim_teams as teams on leaders.team_key = teams.team_key
 order by seasons.start_year desc, leaders.country, leaders.division_code
 """
 

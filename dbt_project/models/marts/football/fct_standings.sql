@@ -6,6 +6,12 @@ team_results as (
 
 ),
 
+team_keys as (
+
+    select * from {{ ref('int_teams__football_data_names') }}
+
+),
+
 totals as (
 
     select
@@ -28,14 +34,27 @@ totals as (
 final as (
 
     select
-        *,
+        totals.division_code,
+        totals.season_code,
+        totals.team_name,
+        team_keys.team_key,
+        totals.played,
+        totals.won,
+        totals.drawn,
+        totals.lost,
+        totals.goals_for,
+        totals.goals_against,
+        totals.goal_difference,
+        totals.points,
         -- Points, then goal difference, then goals scored; the team name only makes the order
         -- total. Head-to-head rules and points deductions are not in the source data.
         cast(row_number() over (
-            partition by division_code, season_code
-            order by points desc, goal_difference desc, goals_for desc, team_name asc
+            partition by totals.division_code, totals.season_code
+            order by totals.points desc, totals.goal_difference desc, totals.goals_for desc, totals.team_name asc
         ) as integer) as position
     from totals
+    inner join team_keys
+        on totals.team_name = team_keys.football_data_team_name
 
 )
 

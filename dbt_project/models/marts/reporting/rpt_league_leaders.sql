@@ -27,6 +27,7 @@ final as (
         divisions.country,
         seasons.season_label,
         standings.team_name as leader,
+        standings.team_key,
         standings.played,
         standings.points,
         standings.goal_difference
