@@ -15,6 +15,10 @@ DBT_PROFILES_DIR = PROJECT_ROOT / "profiles"
 SHARED_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 TARGETS = ("duckdb", "postgres")
 ENVIRONMENTS = ("dev", "staging", "prod")
+LAKE_ENGINES = ("auto", "spark", "duckdb")
+# Below this many bytes of waiting JSON the lake job runs in-process on DuckDB (LAKE_ENGINE=auto):
+# the crossover measured by `python -m bench.run --crossover` (README: Vehicles).
+DEFAULT_LAKE_SMALL_BATCH_BYTES = 64 << 20
 DEFAULT_ENVIRONMENT = "dev"
 
 
@@ -109,6 +113,25 @@ def target() -> str:
     if name not in TARGETS:
         raise ValueError(f"ELT_TARGET={name!r} is not one of {', '.join(TARGETS)}")
     return name
+
+
+def lake_engine() -> str:
+    """LAKE_ENGINE: auto (DuckDB below the small-batch threshold, else Spark; Spark on a cluster),
+    spark or duckdb."""
+    name = os.environ.get("LAKE_ENGINE") or "auto"
+    if name not in LAKE_ENGINES:
+        raise ValueError(f"LAKE_ENGINE={name!r} is not one of {', '.join(LAKE_ENGINES)}")
+    return name
+
+
+def lake_small_batch_bytes() -> int:
+    """LAKE_SMALL_BATCH_BYTES: the waiting JSON below which LAKE_ENGINE=auto uses DuckDB."""
+    given = os.environ.get("LAKE_SMALL_BATCH_BYTES")
+    if not given:
+        return DEFAULT_LAKE_SMALL_BATCH_BYTES
+    if not given.isdigit():
+        raise ValueError(f"LAKE_SMALL_BATCH_BYTES={given!r} is not a number of bytes")
+    return int(given)
 
 
 def postgres_credentials() -> str:
