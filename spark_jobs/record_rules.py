@@ -142,8 +142,10 @@ def _duckdb_column(name: str) -> str:
 
 
 # DuckDB's own casts differ from Spark's at the edges (Spark trims whitespace and control
-# characters, truncates "1.5" to a long, reads "yes" as a boolean, accepts "2025-11" as a
-# timestamp...), so the DuckDB side spells out the text Spark's cast accepts.
+# characters, truncates "1.5" to a long, reads "yes" as a boolean and "1d" as a double, accepts
+# "2025-11" as a timestamp but not hour 24...), so the DuckDB side spells out the text Spark's
+# cast accepts. Known gaps, refused by DuckDB where Spark accepts them: zone names
+# ("Europe/Paris", "UTC+1"), a time without a date, a signed year, hexadecimal doubles.
 _SPARK_BLANK = r"[\x00-\x20]"
 
 
@@ -154,13 +156,14 @@ def _spark_trimmed(value: str) -> str:
 def _duckdb_long(value: str) -> str:
     trimmed = _spark_trimmed(value)
     return (
-        f"case when regexp_full_match({trimmed}, '[+-]?[0-9]+([.][0-9]*)?') "
-        f"then try_cast(regexp_extract({trimmed}, '^[+-]?[0-9]+') as bigint) end"
+        f"case when regexp_full_match({trimmed}, '[+-]?([0-9]+([.][0-9]*)?|[.][0-9]*)') "
+        f"then try_cast(coalesce(nullif(regexp_extract({trimmed}, '^[+-]?[0-9]+'), ''), '0') as bigint) end"
     )
 
 
 def _duckdb_double(value: str) -> str:
-    return f"try_cast({_spark_trimmed(value)} as double)"
+    # Java's parseDouble takes a trailing d or f (a double or float literal).
+    return f"try_cast(regexp_replace({_spark_trimmed(value)}, '([0-9.])[dDfF]$', '\\1') as double)"
 
 
 def _duckdb_boolean(value: str) -> str:
@@ -171,17 +174,23 @@ def _duckdb_boolean(value: str) -> str:
     )
 
 
-# Spark's accepted timestamp text: a year, then optional month, day, time, fraction and zone
-# (Z, or an offset of hours with optional minutes), with 'T' or a space before the time.
+# Spark's accepted timestamp text: a year, then optional month, day, time (hours 0-23), fraction
+# and zone (Z, UTC, GMT, or an offset of hours with optional minutes), 'T' or a space before the time.
 _SPARK_TIMESTAMP = (
-    r"[0-9]{4}(-[0-9]{1,2}(-[0-9]{1,2}([T ][0-9]{1,2}:[0-9]{1,2}(:[0-9]{1,2}([.][0-9]*)?)?"
-    r"(Z|[+-][0-9]{1,2}(:?[0-9]{2})?)?)?)?)?"
+    r"[0-9]{4}(-[0-9]{1,2}(-[0-9]{1,2}([T ]([01]?[0-9]|2[0-3]):[0-9]{1,2}(:[0-9]{1,2}([.][0-9]*)?)?"
+    r"(Z| ?UTC| ?GMT|[+-][0-9]{1,2}(:?[0-9]{2})?)?)?)?)?"
 )
 
 
 def _duckdb_timestamp(value: str) -> str:
     trimmed = _spark_trimmed(value)
-    return f"case when regexp_full_match({trimmed}, '{_SPARK_TIMESTAMP}') then try_cast({trimmed} as timestamptz) end"
+    # DuckDB wants at least a full date, and no zone name: a year alone is its January 1st.
+    completed = (
+        f"regexp_replace(case when regexp_full_match({trimmed}, '[0-9]{{4}}') then {trimmed} || '-01-01' "
+        f"when regexp_full_match({trimmed}, '[0-9]{{4}}-[0-9]{{1,2}}') then {trimmed} || '-01' "
+        f"else {trimmed} end, ' ?(UTC|GMT)$', 'Z')"
+    )
+    return f"case when regexp_full_match({trimmed}, '{_SPARK_TIMESTAMP}') then try_cast({completed} as timestamptz) end"
 
 
 def _duckdb_record_as_json(keys: tuple[str, ...]) -> str:
