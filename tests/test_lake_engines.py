@@ -297,3 +297,17 @@ def test_an_unknown_lake_engine_is_refused(monkeypatch):
         lake_engine()
     monkeypatch.delenv("LAKE_ENGINE")
     assert lake_engine() == "auto" and os.environ.get("LAKE_ENGINE") is None
+
+
+def _run(waiting_bytes: int, duckdb_s: float, spark_s: float) -> dict:
+    return {"waiting_bytes": waiting_bytes, "duckdb": {"wall_s": duckdb_s}, "spark": {"wall_s": spark_s}}
+
+
+def test_the_crossover_is_where_spark_starts_to_win():
+    from bench.run import crossover_bytes
+
+    assert crossover_bytes([_run(100, 1, 11), _run(300, 5, 13), _run(500, 18, 10)]) == 400  # between sizes
+    assert crossover_bytes([_run(100, 1, 11), _run(200, 2, 11)]) == 1100  # past the largest, on the two lines
+    assert crossover_bytes([_run(100, 1, 11), _run(200, 6, 12)]) == 350
+    assert crossover_bytes([_run(100, 1, 11), _run(200, 1, 13)]) is None  # DuckDB gains with size
+    assert crossover_bytes([_run(100, 12, 11), _run(200, 20, 12)]) == 100  # Spark wins everywhere measured
