@@ -58,6 +58,7 @@ log = logging.getLogger("spark_jobs.vehicle_lake")
 @dataclass
 class TypeReport:
     file_type: str
+    engine: str
     batch_id: str | None = None
     committed_files: list[str] = field(default_factory=list)
     recovered_files: list[str] = field(default_factory=list)
@@ -195,7 +196,7 @@ class SparkEngine:
 
 
 def process_type(engine, lake, file_type: FileType, paths: list[Path], now: datetime) -> TypeReport:
-    report = TypeReport(file_type.file_type)
+    report = TypeReport(file_type.file_type, engine.name)
     table, rejected_table = ensure_tables(lake, file_type)
     in_table, in_rejected = committed_files(table), committed_files(rejected_table)
 
@@ -301,7 +302,8 @@ def main() -> int:
     data_dir_or_exit()
     for report in run():
         print(
-            f"vehicle_lake {report.file_type}: batch {report.batch_id}, {len(report.committed_files)} files committed "
+            f"vehicle_lake {report.file_type} on {report.engine}: batch {report.batch_id}, "
+            f"{len(report.committed_files)} files committed "
             f"({report.rows} rows, {report.rejected} rejected), {len(report.recovered_files)} recovered, "
             f"{len(report.failed_files)} failed"
         )

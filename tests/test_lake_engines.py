@@ -159,6 +159,7 @@ def lakes(tmp_path_factory: pytest.TempPathFactory) -> dict:
             Registry().register(TRIPS, origin="test")
             discover()
             reports = {report.file_type: report for report in run_lake_job()}
+            assert {report.engine for report in reports.values()} == {engine}
             results[engine] = {
                 "expected": expected,
                 "reports": reports,
