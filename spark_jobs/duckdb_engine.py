@@ -11,6 +11,7 @@ must not download any (DESIGN §4).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -81,29 +82,31 @@ def files_sql(file_type: FileType) -> str:
 
 
 def records_sql(file_type: FileType) -> str:
-    """One row per record of the files that are fine: its position, the record (NULL when the
-    element is not an object) and each key the registry reads, as text."""
+    """One row per record of the files that are fine: its position, whether it is an object
+    (_elt_record NULL when not) and each key the registry reads, as text (nested values as
+    their JSON text), parsed once per record."""
+    keys = record_keys(file_type)
+    as_text = _quoted(json.dumps(dict.fromkeys(keys, "VARCHAR")))
 
     def key_column(key: str) -> str:
-        extracted = f"json_extract_string(element, {_json_path(key)})"
+        value = f"text_values.{DUCKDB.column(key)}"
         if key == NOT_AN_OBJECT:  # an element that is not an object keeps its raw text here
-            extracted = f"case when is_object then {extracted} else json_extract_string(element, '$') end"
-        else:
-            extracted = f"case when is_object then {extracted} end"
-        return f"{extracted} as {DUCKDB.column(key)}"
+            value = f"case when is_object then {value} else json_extract_string(element, '$') end"
+        return f"{value} as {DUCKDB.column(key)}"
 
-    columns = ",\n            ".join(key_column(key) for key in record_keys(file_type))
     return f"""
         with elements as (
             select source_file, unnest(range(len(items))) as source_position, unnest(items) as element
             from (select source_file, json_extract(records, '$[*]') as items from batch_files
                   where file_problem is null)
         ),
-        typed_elements as (select *, json_type(element) = 'OBJECT' as is_object from elements)
-        select source_file, source_position,
-            case when is_object then element end as _elt_record,
-            {columns}
-        from typed_elements
+        objects as (select *, json_type(element) = 'OBJECT' as is_object from elements),
+        parsed as (
+            select *, case when is_object then json_transform(element, {as_text}) end as text_values from objects
+        )
+        select source_file, source_position, case when is_object then true end as _elt_record,
+            {", ".join(key_column(key) for key in keys)}
+        from parsed
     """
 
 
