@@ -36,27 +36,33 @@ def _quoted(text: str) -> str:
     return DUCKDB.literal(text)
 
 
+def _json_path_text(key: str) -> str:
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _json_path(key: str) -> str:
-    return _quoted('$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return _quoted(_json_path_text(key))
 
 
-def _records_sql(record_keys_of_file: tuple[str, ...]) -> str:
-    """A file's records as JSON: the whole document when it starts with '[', else the first
-    records key holding an array; NULL when there are none."""
+def _items_sql(record_keys_of_file: tuple[str, ...]) -> str:
+    """A file's records as a list of JSON values: the elements of the document when it is an
+    array, else of the first records key holding one; NULL when there are none. (A valid
+    document's first character tells an array from an object, without parsing it again.)"""
     under_a_key = [
-        f"case when json_type(document, {_json_path(key)}) = 'ARRAY' then json_extract(document, {_json_path(key)}) end"
+        f"when json_type(document, {_json_path(key)}) = 'ARRAY' "
+        f"then json_extract(document, {_quoted(_json_path_text(key) + '[*]')})"
         for key in record_keys_of_file
     ]
-    keyed = f"coalesce({', '.join(under_a_key)})" if under_a_key else "null::json"
+    keyed = f"case {' '.join(under_a_key)} end" if under_a_key else "null"
     return (
-        "case when not is_json then null "
-        "when first_character = '[' and json_type(document) = 'ARRAY' then document "
-        f"when first_character = '{{' and json_type(document) = 'OBJECT' then {keyed} end"
+        "case when document is null then null "
+        "when first_character = '[' then json_extract(document, '$[*]') "
+        f"when first_character = '{{' then {keyed} end"
     )
 
 
 def files_sql(file_type: FileType) -> str:
-    """One row per file: (source_file, file_problem, records)."""
+    """One row per file: (source_file, file_problem, items)."""
     # Spark's ltrim, like the Spark engine's first-character test, trims spaces only.
     return f"""
         with texts as (
@@ -65,18 +71,17 @@ def files_sql(file_type: FileType) -> str:
         ),
         documents as (
             select source_file, substr(ltrim(value, ' '), 1, 1) as first_character,
-                coalesce(json_valid(value), false) as is_json,
-                case when json_valid(value) then value::json end as document
+                try_cast(value as json) as document
             from texts
         ),
-        files as (select source_file, first_character, is_json, document,
-            {_records_sql(file_type.record_keys)} as records from documents)
+        files as (select source_file, first_character, document,
+            {_items_sql(file_type.record_keys)} as items from documents)
         select source_file,
-            case when records is not null then null
-                when first_character = '{{' and is_json and json_type(document) = 'OBJECT'
+            case when items is not null then null
+                when first_character = '{{' and document is not null
                     then {_quoted(no_records_key_problem(file_type.record_keys))}
                 else {_quoted(NOT_JSON_FILE)} end as file_problem,
-            records
+            items
         from files
     """
 
@@ -97,8 +102,7 @@ def records_sql(file_type: FileType) -> str:
     return f"""
         with elements as (
             select source_file, unnest(range(len(items))) as source_position, unnest(items) as element
-            from (select source_file, json_extract(records, '$[*]') as items from batch_files
-                  where file_problem is null)
+            from batch_files where file_problem is null
         ),
         objects as (select *, json_type(element) = 'OBJECT' as is_object from elements),
         parsed as (
