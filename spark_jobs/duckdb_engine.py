@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 
+from core.settings import data_dir
 from lake.registry import FileType
 from spark_jobs.lake_commit import staged_output
 from spark_jobs.record_rules import (
@@ -30,6 +31,11 @@ from spark_jobs.record_rules import (
 )
 
 NO_DOWNLOADS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+def engine_config() -> dict[str, str | bool]:
+    # A batch bigger than memory spills under the data dir, not into the working directory.
+    return {**NO_DOWNLOADS, "temp_directory": str(data_dir() / "lake_staging" / "duckdb_spill")}
 
 
 def _quoted(text: str) -> str:
@@ -136,7 +142,7 @@ class DuckDBEngine:
     name = "duckdb"
 
     def __init__(self) -> None:
-        self.connection = duckdb.connect(config=NO_DOWNLOADS)
+        self.connection = duckdb.connect(config=engine_config())
         # Naive times are UTC, as in Spark's session zone (DESIGN §4).
         self.connection.execute("set TimeZone = 'UTC'")
 

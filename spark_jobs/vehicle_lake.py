@@ -264,8 +264,9 @@ def choose_engine(setting: str, waiting_bytes: int, small_batch_bytes: int, spar
 
 
 def spark_configured() -> bool:
-    """SPARK_MASTER names a cluster, or spark-submit started this driver (its gateway is up)."""
-    return bool(os.environ.get("SPARK_MASTER")) or "PYSPARK_GATEWAY_PORT" in os.environ
+    """SPARK_MASTER names a cluster (not local[...]), or spark-submit started this driver (its gateway is up)."""
+    master = os.environ.get("SPARK_MASTER") or "local"
+    return not master.startswith("local") or "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def start_engine(name: str):

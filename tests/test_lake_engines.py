@@ -290,6 +290,26 @@ def test_the_engine_is_duckdb_for_small_batches_and_spark_for_bulk_or_a_cluster(
     assert choose_engine(setting, waiting, DEFAULT_LAKE_SMALL_BATCH_BYTES, cluster) == engine
 
 
+@pytest.mark.parametrize(
+    ("environment", "configured"),
+    [
+        ({}, False),
+        ({"SPARK_MASTER": "local[2]"}, False),
+        ({"SPARK_MASTER": "spark://host:7077"}, True),
+        ({"SPARK_MASTER": "k8s://https://api:6443"}, True),
+        ({"PYSPARK_GATEWAY_PORT": "40000"}, True),  # started by spark-submit
+    ],
+)
+def test_a_cluster_or_spark_submit_counts_as_spark_configured(monkeypatch, environment, configured):
+    from spark_jobs.vehicle_lake import spark_configured
+
+    for name in ("SPARK_MASTER", "PYSPARK_GATEWAY_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert spark_configured() is configured
+
+
 def test_an_unknown_lake_engine_is_refused(monkeypatch):
     from core.settings import lake_engine
 
