@@ -393,6 +393,15 @@ def crossover_bytes(runs: list[dict]) -> int | None:
     return round(x1 + (x1 - x0) * -gap1 / (gap1 - gap0))
 
 
+def small_batch_threshold(runs: list[dict]) -> tuple[int, str]:
+    """The default of LAKE_SMALL_BATCH_BYTES: the crossover; when DuckDB was faster at every size,
+    the largest size measured (past it, nothing says DuckDB's in-memory batch still wins)."""
+    crossover = crossover_bytes(runs)
+    if crossover is not None:
+        return crossover, "crossover"
+    return max(run["waiting_bytes"] for run in runs), "no crossover: the largest batch measured, DuckDB faster"
+
+
 def run_crossover(sizes: list[int], seed: int, work: Path, out: Path) -> int:
     runs = []
     for events in sizes:
@@ -401,7 +410,14 @@ def run_crossover(sizes: list[int], seed: int, work: Path, out: Path) -> int:
         runs.append(lake_job_on_each_engine(events, seed, work / f"crossover_{events}"))
         shutil.rmtree(work / f"crossover_{events}", ignore_errors=True)
     crossover = crossover_bytes(runs)
-    results = {"machine": {"cpus": os.cpu_count()}, "runs": runs, "crossover_bytes": crossover}
+    threshold, basis = small_batch_threshold(runs)
+    results = {
+        "machine": {"cpus": os.cpu_count(), "load_average_1_5_15": os.getloadavg()},
+        "runs": runs,
+        "crossover_bytes": crossover,
+        "small_batch_threshold_bytes": threshold,
+        "threshold_basis": basis,
+    }
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{'events':>10} {'waiting MB':>10} {'DuckDB s':>9} {'Spark s':>8} {'DuckDB MB':>10} {'Spark MB':>9}")
     for run in runs:
@@ -409,7 +425,8 @@ def run_crossover(sizes: list[int], seed: int, work: Path, out: Path) -> int:
             f"{run['events']:>10,} {run['waiting_bytes'] / 2**20:>10.1f} {run['duckdb']['wall_s']:>9} "
             f"{run['spark']['wall_s']:>8} {run['duckdb']['peak_rss_mb']:>10} {run['spark']['peak_rss_mb']:>9}"
         )
-    print(f"\ncrossover: {crossover if crossover is not None else 'none (DuckDB gains with size)'} bytes; {out}")
+    print(f"\ncrossover: {crossover if crossover is not None else 'none (DuckDB gains with size)'}")
+    print(f"LAKE_SMALL_BATCH_BYTES default: {threshold} ({basis}); written to {out}")
     return 0
 
 

@@ -157,20 +157,22 @@ class DuckDBEngine:
             {**parameters, "already_rejected": sorted(output.already_rejected)},
             _local_folder(staged_output(output.rejected_folder)),
         )
-        for table in ("batch_records", "batch_elements", "batch_files"):
-            self.connection.execute(f"drop table {table}")
+        self.connection.execute("drop table batch_records")
         return bad_files
 
     def _read(self, file_type: FileType, paths: list[Path]) -> dict[str, str]:
-        """The batch's records with their reasons in temp tables; returns the files refused whole."""
+        """The batch's records with their reasons, computed once for both writes, in the temp
+        table batch_records; returns the files refused whole."""
         db = self.connection
         files = {"paths": [str(path) for path in paths]}
         db.execute(f"create or replace temp table batch_files as {files_sql(file_type)}", files)
         refused = db.execute("select source_file, file_problem from batch_files where file_problem is not null")
         bad_files = dict(refused.fetchall())
-        db.execute(f"create or replace temp table batch_elements as {records_sql(file_type)}")
+        db.execute(f"create or replace temp view batch_elements as {records_sql(file_type)}")
         reason = reason_sql(file_type, DUCKDB)
         db.execute(f"create or replace temp table batch_records as select *, {reason} as reason from batch_elements")
+        db.execute("drop view batch_elements")
+        db.execute("drop table batch_files")
         return bad_files
 
     def _write_good_rows(self, file_type: FileType, parameters: dict, folder: Path) -> None:

@@ -332,3 +332,11 @@ def test_the_crossover_is_where_spark_starts_to_win():
     assert crossover_bytes([_run(100, 1, 11), _run(200, 6, 12)]) == 350
     assert crossover_bytes([_run(100, 1, 11), _run(200, 1, 13)]) is None  # DuckDB gains with size
     assert crossover_bytes([_run(100, 12, 11), _run(200, 20, 12)]) == 100  # Spark wins everywhere measured
+
+
+def test_without_a_crossover_the_threshold_is_the_largest_batch_measured():
+    from bench.run import small_batch_threshold
+
+    assert small_batch_threshold([_run(100, 1, 11), _run(300, 5, 13), _run(500, 18, 10)]) == (400, "crossover")
+    threshold, basis = small_batch_threshold([_run(100, 1, 11), _run(200, 1, 13)])
+    assert threshold == 200 and basis.startswith("no crossover")
