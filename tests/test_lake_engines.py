@@ -103,32 +103,25 @@ def write_corpus(incoming: Path) -> dict:
     }
 
 
+def days_in(parquet_file: str, time_column: str) -> tuple:
+    """The UTC days a data file's rows fall on."""
+    query = f"select distinct cast(timezone('UTC', {time_column}) as date) from '{parquet_file}' order by 1"
+    return tuple(day for (day,) in duckdb.sql(query).fetchall())
+
+
 def lake_table(name: str) -> dict:
     """A lake table as the comparison needs it: its rows without the run's own lineage, the
-    Arrow types its data files hold, and the days of each data file."""
+    Arrow types and columns its data files hold, and the days of each data file."""
     table = catalog().load_table(f"{NAMESPACE}.{name}")
     rows = table.scan().to_arrow().drop_columns([c for c in LINEAGE_OF_THE_RUN if c in table.schema().column_names])
     files = [task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()]
     time_column = next((c for c in ("event_time", "report_time", "trip_start") if c in rows.column_names), None)
-    days_per_file = (
-        [
-            sorted(
-                day
-                for (day,) in duckdb.sql(
-                    f"select distinct cast(timezone('UTC', {time_column}) as date) from '{path}'"
-                ).fetchall()
-            )
-            for path in files
-        ]
-        if time_column
-        else []
-    )
     return {
         "rows": Counter(tuple(row.items()) for row in rows.to_pylist()),
         "iceberg_schema": str(table.schema()),
         "parquet_types": {str(pq.read_schema(path).types) for path in files},
         "parquet_columns": {tuple(pq.read_schema(path).names) for path in files},
-        "days_per_file": sorted(map(tuple, days_per_file)),
+        "days_per_file": sorted(days_in(path, time_column) for path in files) if time_column else [],
     }
 
 
