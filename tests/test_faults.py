@@ -1,6 +1,6 @@
 """Faults: a step SIGKILLed half-way then re-run ends with exact counts; a full disk is a clear
-error that commits nothing. (The Spark job's own kill test is in test_vehicle_lake.py; the kills
-inside its pyiceberg commits are here.)"""
+error that commits nothing. (The lake job's own kill test, per engine, is in test_vehicle_lake.py;
+the kills inside its pyiceberg commits, behind each engine, are here.)"""
 
 from __future__ import annotations
 
