@@ -303,6 +303,18 @@ def test_a_cluster_or_spark_submit_counts_as_spark_configured(monkeypatch, envir
     assert spark_configured() is configured
 
 
+def test_the_small_batch_threshold_is_set_in_bytes(monkeypatch):
+    from core.settings import lake_small_batch_bytes
+
+    monkeypatch.delenv("LAKE_SMALL_BATCH_BYTES", raising=False)
+    assert lake_small_batch_bytes() == DEFAULT_LAKE_SMALL_BATCH_BYTES
+    monkeypatch.setenv("LAKE_SMALL_BATCH_BYTES", "1048576")
+    assert lake_small_batch_bytes() == 1 << 20
+    monkeypatch.setenv("LAKE_SMALL_BATCH_BYTES", "64MB")
+    with pytest.raises(ValueError, match="LAKE_SMALL_BATCH_BYTES='64MB' is not a number of bytes"):
+        lake_small_batch_bytes()
+
+
 def test_an_unknown_lake_engine_is_refused(monkeypatch):
     from core.settings import lake_engine
 
