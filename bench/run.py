@@ -15,6 +15,12 @@ peak RSS of the whole process tree, JVM included):
 - the football-data.co.uk loader on the real season CSVs, N times.
 
 Prints a table and writes bench/results.json. Figures are measurements, not assertions.
+
+    python -m bench.run --crossover [--crossover-events 3000,30000,150000,600000]
+
+times the lake job alone on each engine (LAKE_ENGINE=duckdb, then spark) on the same batches of
+growing size, and writes the bytes of waiting JSON where Spark starts to win (the default of
+LAKE_SMALL_BATCH_BYTES) to bench/crossover.json.
 """
 
 from __future__ import annotations
@@ -278,7 +284,7 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
     env = environment(data_dir)
 
     discover = measure(python("-m", "loaders", "vehicles", "discover"), env)
-    lake = measure(python("-m", "spark_jobs.vehicle_lake"), env)
+    lake = measure(python("-m", "spark_jobs.vehicle_lake"), {**env, "LAKE_ENGINE": "spark"})
     load = measure(python("-m", "loaders", "vehicles", "load"), env)
     check_loaded(env, records, "DuckDB")
     end_to_end = discover.wall_s + lake.wall_s + load.wall_s
@@ -302,7 +308,7 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
         ("-m", "spark_jobs.vehicle_lake"),
         ("-m", "loaders", "vehicles", "load"),
     ):
-        measure(python(*command), env)
+        measure(python(*command), {**env, "LAKE_ENGINE": "spark"})
     incremental = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
     idle_build = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
 
@@ -348,6 +354,80 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
         "ours_over_read_json": round(ours / reference, 3),
         "ours_over_naive": round(ours / naive, 1),
     }
+
+
+CROSSOVER_EVENTS = "3000,30000,150000,600000"
+EVENTS_PER_FILE = 10_000  # the main bench's files: 2M events in 200 files
+
+
+def lake_job_on_each_engine(events: int, seed: int, work: Path) -> dict:
+    """The lake job alone (discovered files waiting in processing/) on each engine, same batch."""
+    source = work / "source"
+    generate(source, files=max(1, events // EVENTS_PER_FILE), events_per_file=min(events, EVENTS_PER_FILE), seed=seed)
+    waiting = sum(path.stat().st_size for path in source.glob("*.json"))
+    walls = {}
+    for engine in ("duckdb", "spark"):
+        env = environment(work / engine, LAKE_ENGINE=engine)
+        stage(source, work / engine / "incoming")
+        measure(python("-m", "loaders", "vehicles", "discover"), env)
+        step = measure(python("-m", "spark_jobs.vehicle_lake"), env)
+        walls[engine] = {**asdict(step)}
+    return {"events": events, "waiting_bytes": waiting, **walls}
+
+
+def crossover_bytes(runs: list[dict]) -> int | None:
+    """Where Spark's wall time meets DuckDB's: between the two measured sizes where Spark becomes
+    the faster (linear in between); the smallest size when Spark is faster at every size; past
+    the largest size, on the lines through the two largest; None when DuckDB gains there too."""
+    points = sorted((run["waiting_bytes"], run["duckdb"]["wall_s"] - run["spark"]["wall_s"]) for run in runs)
+    if points[0][1] >= 0:
+        return points[0][0]
+    for (x0, gap0), (x1, gap1) in zip(points, points[1:], strict=False):
+        if gap0 < 0 <= gap1:
+            return round(x0 + (x1 - x0) * -gap0 / (gap1 - gap0))
+    if len(points) < 2:
+        return None
+    (x0, gap0), (x1, gap1) = points[-2], points[-1]
+    if gap1 <= gap0:
+        return None
+    return round(x1 + (x1 - x0) * -gap1 / (gap1 - gap0))
+
+
+def small_batch_threshold(runs: list[dict]) -> tuple[int, str]:
+    """The default of LAKE_SMALL_BATCH_BYTES: the crossover; when DuckDB was faster at every size,
+    the largest size measured (past it, nothing says DuckDB's in-memory batch still wins)."""
+    crossover = crossover_bytes(runs)
+    if crossover is not None:
+        return crossover, "crossover"
+    return max(run["waiting_bytes"] for run in runs), "no crossover: the largest batch measured, DuckDB faster"
+
+
+def run_crossover(sizes: list[int], seed: int, work: Path, out: Path) -> int:
+    runs = []
+    for events in sizes:
+        print(f"lake job on each engine: {events:,} events ...", flush=True)
+        shutil.rmtree(work / f"crossover_{events}", ignore_errors=True)
+        runs.append(lake_job_on_each_engine(events, seed, work / f"crossover_{events}"))
+        shutil.rmtree(work / f"crossover_{events}", ignore_errors=True)
+    crossover = crossover_bytes(runs)
+    threshold, basis = small_batch_threshold(runs)
+    results = {
+        "machine": {"cpus": os.cpu_count(), "load_average_1_5_15": os.getloadavg()},
+        "runs": runs,
+        "crossover_bytes": crossover,
+        "small_batch_threshold_bytes": threshold,
+        "threshold_basis": basis,
+    }
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{'events':>10} {'waiting MB':>10} {'DuckDB s':>9} {'Spark s':>8} {'DuckDB MB':>10} {'Spark MB':>9}")
+    for run in runs:
+        print(
+            f"{run['events']:>10,} {run['waiting_bytes'] / 2**20:>10.1f} {run['duckdb']['wall_s']:>9} "
+            f"{run['spark']['wall_s']:>8} {run['duckdb']['peak_rss_mb']:>10} {run['spark']['peak_rss_mb']:>9}"
+        )
+    print(f"\ncrossover: {crossover if crossover is not None else 'none (DuckDB gains with size)'}")
+    print(f"LAKE_SMALL_BATCH_BYTES default: {threshold} ({basis}); written to {out}")
+    return 0
 
 
 def print_table(results: dict) -> None:
@@ -400,8 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--football-copies", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--work", type=Path, default=BENCH_DIR / ".work", help="scratch space (removed per scale)")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results.json (bench/crossover.json)")
+    parser.add_argument("--crossover", action="store_true", help="only the lake job on each engine, growing batches")
+    parser.add_argument("--crossover-events", default=CROSSOVER_EVENTS, help="batch sizes in events")
     args = parser.parse_args(argv)
+    if args.crossover:
+        sizes = [int(part) for part in args.crossover_events.split(",")]
+        return run_crossover(sizes, args.seed, args.work, args.out or BENCH_DIR / "crossover.json")
+    args.out = args.out or BENCH_DIR / "results.json"
 
     results = {
         "machine": {

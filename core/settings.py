@@ -15,6 +15,12 @@ DBT_PROFILES_DIR = PROJECT_ROOT / "profiles"
 SHARED_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "real"
 TARGETS = ("duckdb", "postgres")
 ENVIRONMENTS = ("dev", "staging", "prod")
+LAKE_ENGINES = ("auto", "spark", "duckdb")
+# Below this many bytes of waiting JSON the lake job runs in-process on DuckDB (LAKE_ENGINE=auto).
+# `python -m bench.run --crossover` (bench/crossover.json, README: Benchmark) found no crossover on
+# 2 cores up to the bench's ×1 batch, 508.5 MiB, where DuckDB was still the faster: the largest
+# batch measured, in whole MiB. Past it, Spark keeps the bulk.
+DEFAULT_LAKE_SMALL_BATCH_BYTES = 508 << 20
 DEFAULT_ENVIRONMENT = "dev"
 DEFAULT_PGDATABASE = "postgres"
 # Variables this process (or its parent) took from the secret manager (core/secrets.py).
@@ -112,6 +118,25 @@ def target() -> str:
     if name not in TARGETS:
         raise ValueError(f"ELT_TARGET={name!r} is not one of {', '.join(TARGETS)}")
     return name
+
+
+def lake_engine() -> str:
+    """LAKE_ENGINE: auto (DuckDB below the small-batch threshold, else Spark; Spark on a cluster),
+    spark or duckdb."""
+    name = os.environ.get("LAKE_ENGINE") or "auto"
+    if name not in LAKE_ENGINES:
+        raise ValueError(f"LAKE_ENGINE={name!r} is not one of {', '.join(LAKE_ENGINES)}")
+    return name
+
+
+def lake_small_batch_bytes() -> int:
+    """LAKE_SMALL_BATCH_BYTES: the waiting JSON below which LAKE_ENGINE=auto uses DuckDB."""
+    given = os.environ.get("LAKE_SMALL_BATCH_BYTES")
+    if not given:
+        return DEFAULT_LAKE_SMALL_BATCH_BYTES
+    if not given.isdigit():
+        raise ValueError(f"LAKE_SMALL_BATCH_BYTES={given!r} is not a number of bytes")
+    return int(given)
 
 
 def postgres_database(environ: Mapping[str, str] = os.environ) -> str:

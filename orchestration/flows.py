@@ -3,7 +3,7 @@
     python -m orchestration.flows            # one run of `elt` on the configured target (make run)
 
 `elt` runs the steps in order: football CSV load → football API load → vehicle discovery →
-Spark lake job → lake→warehouse load → dbt source freshness → build plan (sources never
+lake job (Spark or DuckDB) → lake→warehouse load → dbt source freshness → build plan (sources never
 loaded are skipped) → dbt build (the gate) → publish.
 Steps that can fail for a passing reason (HTTP, a Postgres connection, a killed Spark run)
 retry a bounded number of times; steps that fail on bad data do not.
@@ -222,7 +222,7 @@ def describe_discovery(found: dict) -> str:
 
 def describe_lake(batches: list[dict]) -> str:
     return "; ".join(
-        f"{batch['file_type']}: {len(batch['committed_files'])} files, {batch['rows']} rows, "
+        f"{batch['file_type']} on {batch['engine']}: {len(batch['committed_files'])} files, {batch['rows']} rows, "
         f"{batch['rejected']} rejected, {len(batch['failed_files'])} failed"
         for batch in batches
     )
@@ -286,7 +286,7 @@ def elt(
         )
     if "vehicles" in sources:
         outcome["discovery"] = step("vehicle file discovery", lambda: discover_vehicle_files(mode), describe_discovery)
-        outcome["lake"] = step("Spark lake job", run_lake_job, describe_lake)
+        outcome["lake"] = step("lake job", run_lake_job, describe_lake)
         step("lake → warehouse load", load_lake_to_warehouse, lambda rows: f"{rows} rows")
     reports: list[str] = []
     if build:

@@ -118,21 +118,22 @@ def commit_batch(table: Table, data_files: list[str], batch_id: str, source_file
     return int(table.current_snapshot().summary["added-records"] or 0)
 
 
-def spark_output(folder: str) -> str:
-    """Where Spark writes a batch bound for `folder`: the folder itself when it is local; else a
-    local staging folder that publish_spark_output uploads (Spark reaches object storage only
-    with the hadoop-aws jars, which come from Maven). SPARK_STAGING_DIR must be shared by the
-    driver and the executors (one machine, NFS, HDFS)."""
+def staged_output(folder: str) -> str:
+    """Where an engine writes a batch bound for `folder`: the folder itself when it is local; else
+    a local staging folder that publish_staged_output uploads (Spark reaches object storage only
+    with the hadoop-aws jars, which come from Maven; DuckDB only with httpfs, which it would
+    download). SPARK_STAGING_DIR must be shared by the driver and the executors (one machine,
+    NFS, HDFS)."""
     if not storage.is_uri(folder):
         return folder
     root = os.environ.get("SPARK_STAGING_DIR") or str(data_dir() / "lake_staging")
     return storage.join(Path(root).resolve().as_uri(), folder.replace("://", "/", 1))
 
 
-def publish_spark_output(folder: str) -> None:
+def publish_staged_output(folder: str) -> None:
     """Upload a staged batch's Parquet files to the table's folder, then drop the staging copy.
     Uploaded but uncommitted files are orphans that maintenance removes."""
-    staged = spark_output(folder)
+    staged = staged_output(folder)
     if staged == folder:
         return
     local = Path(staged.removeprefix("file://"))
@@ -142,7 +143,7 @@ def publish_spark_output(folder: str) -> None:
 
 
 def parquet_files(folder_uri: str) -> list[str]:
-    """URIs of the Parquet files Spark wrote under a folder (local path or object storage)."""
+    """URIs of the Parquet files an engine wrote under a folder (local path or object storage)."""
     filesystem, root = FileSystem.from_uri(folder_uri)
     try:
         infos = filesystem.get_file_info(FileSelector(root, recursive=True))

@@ -1,8 +1,10 @@
-"""Vehicle lake job: processing/<type>/*.json ──Spark──▶ Parquet ──pyiceberg──▶ raw_vehicles.<table>.
+"""Vehicle lake job: processing/<type>/*.json ──Spark or DuckDB──▶ Parquet ──pyiceberg──▶ raw_vehicles.<table>.
 
-For each active file type (registry, DESIGN §6) all waiting files are read in one Spark job with
-the registry's explicit schema, validated with Spark SQL expressions only (no Python UDFs), and
-written as Parquet with one file per day under the Iceberg table's data folder; pyiceberg then
+For each active file type (registry, DESIGN §6) all waiting files are read in one batch by one
+engine: Spark for bulk batches and on a cluster, in-process DuckDB (spark_jobs/duckdb_engine.py)
+for batches below the small-batch threshold (LAKE_ENGINE, README). Both validate with the SQL
+that spark_jobs/record_rules.py compiles from the registry (no Python UDFs, no row in Python),
+and write Parquet with one file per day under the Iceberg table's data folder; pyiceberg then
 commits them in one snapshot per batch (DESIGN §4). Invalid records go to `<table>_rejected`,
 files that are not JSON (or hold no records) to failed/<type>/, committed files to processed/.
 
@@ -16,6 +18,7 @@ kill at any point followed by a re-run ends with exact counts.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -25,30 +28,37 @@ from pathlib import Path
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.settings import data_dir_or_exit
+from core.settings import data_dir_or_exit, lake_engine, lake_small_batch_bytes
 from lake import files as lifecycle
 from lake.catalog import catalog
-from lake.registry import DEFAULT_MAX_FILE_BYTES, Field, FileType, Registry
+from lake.registry import DEFAULT_MAX_FILE_BYTES, FileType, Registry
 from spark_jobs.lake_commit import (
     commit_batch,
     committed_files,
     ensure_tables,
     parquet_files,
-    publish_spark_output,
-    spark_output,
+    publish_staged_output,
+    staged_output,
+)
+from spark_jobs.record_rules import (
+    NOT_AN_OBJECT,
+    NOT_JSON_FILE,
+    SPARK,
+    no_records_key_problem,
+    raw_record_sql,
+    reason_sql,
+    record_keys,
+    typed_sql,
 )
 from spark_jobs.session import spark_session
 
 log = logging.getLogger("spark_jobs.vehicle_lake")
 
-# Holds the raw text of a record that is not a JSON object (registry fields cannot start with "_").
-NOT_AN_OBJECT = "_elt_not_an_object"
-SPARK_TYPES = {"string": "string", "json": "string", "long": "bigint", "double": "double", "boolean": "boolean"}
-
 
 @dataclass
 class TypeReport:
     file_type: str
+    engine: str
     batch_id: str | None = None
     committed_files: list[str] = field(default_factory=list)
     recovered_files: list[str] = field(default_factory=list)
@@ -62,69 +72,13 @@ def new_batch_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}"
 
 
-# --- Spark SQL expressions built from the registry -------------------------------------------
+# --- the Spark engine --------------------------------------------------------------------
 
 
 def _record_schema(file_type: FileType):
     from pyspark.sql import types as T
 
-    names = [name for f in file_type.fields for name in (f.name, *f.aliases)]
-    return T.StructType([T.StructField(name, T.StringType()) for name in [*names, NOT_AN_OBJECT]])
-
-
-def _value(record, f: Field):
-    from pyspark.sql import functions as F
-
-    return F.coalesce(*(record[name] for name in (f.name, *f.aliases)))
-
-
-def _typed(value, f: Field):
-    if f.type == "timestamp":
-        # ISO 8601 with Z/offset, optional fraction, or naive (read as UTC: the session zone).
-        return value.cast("timestamp")
-    return value.cast(SPARK_TYPES[f.type])
-
-
-def _problems(record, file_type: FileType):
-    """One reason per broken rule, joined with '; ' (empty when the record is valid); a record
-    that is not an object has that one reason, not one per field as well."""
-    from pyspark.sql import functions as F
-
-    checks = []
-    for f in file_type.fields:
-        value = _value(record, f)
-        if not f.nullable:
-            checks.append(F.when(value.isNull(), F.lit(f"{f.name} is missing")))
-        if f.type not in ("string", "json"):
-            checks.append(
-                F.when(
-                    value.isNotNull() & _typed(value, f).isNull(),
-                    F.concat(F.lit(f"{f.name} is not a {f.type}: "), value),
-                )
-            )
-        if f.pattern:
-            checks.append(
-                F.when(
-                    value.isNotNull() & ~value.rlike(f.pattern),
-                    F.concat(F.lit(f"{f.name} does not match {f.pattern}: "), value),
-                )
-            )
-        if f.allowed:
-            checks.append(
-                F.when(
-                    value.isNotNull() & ~value.isin(*f.allowed),
-                    F.concat(F.lit(f"{f.name} "), value, F.lit(f" is not one of {', '.join(f.allowed)}")),
-                )
-            )
-    not_an_object = record.isNull() | record[NOT_AN_OBJECT].isNotNull()
-    return F.when(not_an_object, F.lit("record is not a JSON object")).otherwise(F.concat_ws("; ", *checks))
-
-
-def _raw_record(record):
-    """The rejected record as it came: its JSON, or the raw text of a value that is not an object."""
-    from pyspark.sql import functions as F
-
-    return F.coalesce(record[NOT_AN_OBJECT], F.to_json(record), F.lit("null"))
+    return T.StructType([T.StructField(name, T.StringType()) for name in record_keys(file_type)])
 
 
 def _records(value, record, keys: list[str] | None):
@@ -170,9 +124,9 @@ def _parse_files(spark, file_type: FileType, paths: list[Path]):
         F.when(records.isNotNull(), F.lit(None))
         .when(
             (first == "{") & is_json_object,
-            F.lit(f"JSON object without a records key ({', '.join(keys) or '(none registered)'})"),
+            F.lit(no_records_key_problem(keys)),
         )
-        .otherwise(F.lit("not valid JSON (truncated, or not JSON at all)"))
+        .otherwise(F.lit(NOT_JSON_FILE))
     )
     parsed = text.select("source_file", records.alias("records"), problem.alias("file_problem"))
     return parsed.select(
@@ -180,11 +134,69 @@ def _parse_files(spark, file_type: FileType, paths: list[Path]):
     )
 
 
-def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datetime) -> TypeReport:
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
+@dataclass(frozen=True)
+class BatchOutput:
+    """Where an engine writes one batch of a type: Parquet folders (local, or staged for object storage)."""
 
-    report = TypeReport(file_type.file_type)
+    batch_id: str
+    ingested_at: datetime
+    data_folder: str
+    rejected_folder: str
+    already_rejected: frozenset[str]  # source files whose rejected rows a crashed run already committed
+
+
+class SparkEngine:
+    name = "spark"
+
+    def __init__(self) -> None:
+        self.spark = spark_session("vehicle_lake")
+        log.info("Spark master %s", self.spark.sparkContext.master)
+
+    def write_batch(self, file_type: FileType, paths: list[Path], output: BatchOutput) -> dict[str, str]:
+        """Good rows as Parquet, one file per day, and rejected rows in one file; returns the
+        files that are no batch at all (not JSON, no records key) with their reason."""
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        rows = _parse_files(self.spark, file_type, paths).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            bad_files = {
+                row.source_file: row.file_problem for row in rows.where("file_problem is not null").distinct().collect()
+            }
+            records = rows.where("file_problem is null and source_position is not null").withColumn(
+                "reason", F.expr(reason_sql(file_type, SPARK))
+            )
+            ingested_at = F.to_timestamp(F.lit(output.ingested_at.isoformat()))
+            good = (
+                records.where("reason = ''")
+                .select(
+                    *(F.expr(typed_sql(f, SPARK)).alias(f.name) for f in file_type.fields),
+                    "source_file",
+                    F.col("source_position").cast("bigint").alias("source_position"),
+                    F.lit(output.batch_id).alias("batch_id"),
+                    ingested_at.alias("ingested_at"),
+                )
+                .withColumn("day", F.to_date(file_type.time_column))
+            )
+            rejected = records.where(
+                f"reason <> '' and source_file not in ({_sql_list(output.already_rejected)})"
+            ).select(
+                "source_file",
+                F.col("source_position").cast("bigint").alias("source_position"),
+                "reason",
+                F.expr(raw_record_sql(file_type, SPARK)).alias("raw_record"),
+                F.lit(output.batch_id).alias("batch_id"),
+                ingested_at.alias("rejected_at"),
+            )
+            good.repartition("day").write.partitionBy("day").parquet(staged_output(output.data_folder))
+            rejected.coalesce(1).write.parquet(staged_output(output.rejected_folder))
+        finally:
+            rows.unpersist()
+        return bad_files
+
+
+def process_type(engine, lake, file_type: FileType, paths: list[Path], now: datetime) -> TypeReport:
+    report = TypeReport(file_type.file_type, engine.name)
     table, rejected_table = ensure_tables(lake, file_type)
     in_table, in_rejected = committed_files(table), committed_files(rejected_table)
 
@@ -195,8 +207,8 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
             report.recovered_files.append(path.name)
         elif path.stat().st_size == 0:
             report.failed_files[path.name] = "empty file"
-        elif path.stat().st_size > (limit := int(file_type.processing.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))):
-            # Refused before Spark reads it: a file is one row of wholetext, so its size bounds memory.
+        elif path.stat().st_size > (limit := max_file_bytes(file_type)):
+            # Refused before an engine reads it: a file is read as one value, so its size bounds memory.
             report.failed_files[path.name] = f"file larger than max_file_bytes={limit}"
         else:
             todo.append(path)
@@ -206,49 +218,24 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
         return report
 
     batch_id = report.batch_id = new_batch_id(now)
-    rows = _parse_files(spark, file_type, todo).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        bad_files = {
-            row.source_file: row.file_problem for row in rows.where("file_problem is not null").distinct().collect()
-        }
-        records = rows.where("file_problem is null and source_position is not null").withColumn(
-            "reason", _problems(F.col("record"), file_type)
-        )
-        good = (
-            records.where("reason = ''")
-            .select(
-                *(_typed(_value(F.col("record"), f), f).alias(f.name) for f in file_type.fields),
-                "source_file",
-                F.col("source_position").cast("bigint").alias("source_position"),
-                F.lit(batch_id).alias("batch_id"),
-                F.to_timestamp(F.lit(now.isoformat())).alias("ingested_at"),
-            )
-            .withColumn("day", F.to_date(file_type.time_column))
-        )
-        rejected = records.where(f"reason <> '' and source_file not in ({_sql_list(in_rejected)})").select(
-            "source_file",
-            F.col("source_position").cast("bigint").alias("source_position"),
-            "reason",
-            _raw_record(F.col("record")).alias("raw_record"),
-            F.lit(batch_id).alias("batch_id"),
-            F.to_timestamp(F.lit(now.isoformat())).alias("rejected_at"),
-        )
-        data_folder = f"{table.location()}/data/batch_id={batch_id}"
-        rejected_folder = f"{rejected_table.location()}/data/batch_id={batch_id}"
-        good.repartition("day").write.partitionBy("day").parquet(spark_output(data_folder))
-        rejected.coalesce(1).write.parquet(spark_output(rejected_folder))
-    finally:
-        rows.unpersist()
+    output = BatchOutput(
+        batch_id=batch_id,
+        ingested_at=now,
+        data_folder=f"{table.location()}/data/batch_id={batch_id}",
+        rejected_folder=f"{rejected_table.location()}/data/batch_id={batch_id}",
+        already_rejected=frozenset(in_rejected),
+    )
+    bad_files = engine.write_batch(file_type, todo, output)
 
     for name, reason in bad_files.items():
         lifecycle.fail(lifecycle.state_dir("processing", file_type.file_type) / name, file_type.file_type, reason)
         report.failed_files[name] = reason
     committed = [p.name for p in todo if p.name not in bad_files]
-    for folder in (rejected_folder, data_folder):
-        publish_spark_output(folder)
+    for folder in (output.rejected_folder, output.data_folder):
+        publish_staged_output(folder)
     # The rejected table first: the main table's commit is the one that marks a file done.
-    report.rejected = commit_batch(rejected_table, parquet_files(rejected_folder), batch_id, committed)
-    report.rows = commit_batch(table, parquet_files(data_folder), batch_id, committed)
+    report.rejected = commit_batch(rejected_table, parquet_files(output.rejected_folder), batch_id, committed)
+    report.rows = commit_batch(table, parquet_files(output.data_folder), batch_id, committed)
     for name in committed:
         lifecycle.move(
             lifecycle.state_dir("processing", file_type.file_type) / name,
@@ -258,13 +245,40 @@ def process_type(spark, lake, file_type: FileType, paths: list[Path], now: datet
     return report
 
 
+def max_file_bytes(file_type: FileType) -> int:
+    return int(file_type.processing.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))
+
+
 def _sql_list(names: set[str]) -> str:
     quoted = ", ".join("'" + name.replace("'", "''") + "'" for name in sorted(names))
     return quoted or "''"
 
 
+def choose_engine(setting: str, waiting_bytes: int, small_batch_bytes: int, spark_configured: bool) -> str:
+    """LAKE_ENGINE spark|duckdb is obeyed; auto sends a batch to Spark when a cluster (or
+    spark-submit) is configured or the waiting JSON reaches the small-batch threshold, where a
+    JVM start stops costing more than the work."""
+    if setting != "auto":
+        return setting
+    return "spark" if spark_configured or waiting_bytes >= small_batch_bytes else "duckdb"
+
+
+def spark_configured() -> bool:
+    """SPARK_MASTER names a cluster (not local[...]), or spark-submit started this driver (its gateway is up)."""
+    master = os.environ.get("SPARK_MASTER") or "local"
+    return not master.startswith("local") or "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def start_engine(name: str):
+    if name == "spark":
+        return SparkEngine()
+    from spark_jobs.duckdb_engine import DuckDBEngine
+
+    return DuckDBEngine()
+
+
 def run(registry: Registry | None = None) -> list[TypeReport]:
-    """Process every active type's waiting files; Spark starts only if there is work."""
+    """Process every active type's waiting files; an engine starts only if there is work."""
     registry = registry or Registry()
     work = {}
     for file_type in registry.list():
@@ -274,11 +288,13 @@ def run(registry: Registry | None = None) -> list[TypeReport]:
             work[file_type.file_type] = (file_type, paths)
     if not work:
         return []
-    spark = spark_session("vehicle_lake")
-    log.info("Spark master %s, %d file type(s) to process", spark.sparkContext.master, len(work))
+    waiting_bytes = sum(path.stat().st_size for _, paths in work.values() for path in paths)
+    name = choose_engine(lake_engine(), waiting_bytes, lake_small_batch_bytes(), spark_configured())
+    log.info("%s engine for %d bytes of waiting JSON, %d file type(s)", name, waiting_bytes, len(work))
+    engine = start_engine(name)
     lake = catalog()
     now = datetime.now(UTC).replace(tzinfo=None)
-    return [process_type(spark, lake, file_type, paths, now) for file_type, paths in work.values()]
+    return [process_type(engine, lake, file_type, paths, now) for file_type, paths in work.values()]
 
 
 def main() -> int:
@@ -287,7 +303,8 @@ def main() -> int:
     data_dir_or_exit()
     for report in run():
         print(
-            f"vehicle_lake {report.file_type}: batch {report.batch_id}, {len(report.committed_files)} files committed "
+            f"vehicle_lake {report.file_type} on {report.engine}: batch {report.batch_id}, "
+            f"{len(report.committed_files)} files committed "
             f"({report.rows} rows, {report.rejected} rejected), {len(report.recovered_files)} recovered, "
             f"{len(report.failed_files)} failed"
         )

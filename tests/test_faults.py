@@ -1,6 +1,6 @@
 """Faults: a step SIGKILLed half-way then re-run ends with exact counts; a full disk is a clear
-error that commits nothing. (The Spark job's own kill test is in test_vehicle_lake.py; the kills
-inside its pyiceberg commits are here.)"""
+error that commits nothing. (The lake job's own kill test, per engine, is in test_vehicle_lake.py;
+the kills inside its pyiceberg commits, behind each engine, are here.)"""
 
 from __future__ import annotations
 
@@ -117,8 +117,11 @@ def ledger(table_name: str) -> set[str]:
 # COMMIT, so the state they leave is the same on SQLite and Postgres catalogs; the Spark kill test
 # in test_vehicle_lake.py runs on both.
 @pytest.mark.one_target
-def test_sigkill_inside_each_iceberg_commit_then_rerun_ends_with_exact_counts(data_dir, tmp_path):
-    """Each kill leaves the state its name says; each re-run recovers from it and dies at the next."""
+@pytest.mark.parametrize("engine", ["spark", "duckdb"])
+def test_sigkill_inside_each_iceberg_commit_then_rerun_ends_with_exact_counts(data_dir, tmp_path, engine, monkeypatch):
+    """Each kill leaves the state its name says; each re-run recovers from it and dies at the next.
+    The commits are the same code behind either lake engine; each engine's batch goes through them."""
+    monkeypatch.setenv("LAKE_ENGINE", engine)
     manifest = generate(state_dir("incoming"), files=4, events_per_file=600, seed=47, quirks=True)
     discover()
     state_after = {

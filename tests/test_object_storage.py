@@ -74,13 +74,17 @@ def test_landing_on_s3_archives_each_file_once_content_addressed(data_dir, s3, t
     assert keys(s3, "landing/") == []
 
 
-def test_the_lake_commits_to_s3_and_loads_into_the_warehouse(data_dir, s3, monkeypatch):
+@pytest.mark.parametrize("engine", ["spark", "duckdb"])
+def test_the_lake_commits_to_s3_and_loads_into_the_warehouse(data_dir, s3, monkeypatch, engine):
+    """Either lake engine writes locally (neither reaches S3 by itself offline) and the job uploads."""
     from orchestration.maintenance import remove_orphan_files
 
     monkeypatch.setenv("ICEBERG_WAREHOUSE", f"s3://{BUCKET}/lake")
+    monkeypatch.setenv("LAKE_ENGINE", engine)
     manifest = generate(state_dir("incoming"), files=4, events_per_file=200, seed=17, quirks=True)
     discover()
     reports = {report.file_type: report for report in run_lake_job()}
+    assert {report.engine for report in reports.values()} == {engine}
 
     events = catalog().load_table(f"{NAMESPACE}.vehicle_events")
     assert events.location().startswith(f"s3://{BUCKET}/lake/")

@@ -28,6 +28,7 @@ from spark_jobs.lake_commit import committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows, run_dbt
+from .lake_engine_faults import KILL_POINTS as DUCKDB_KILL_POINTS
 from .processes import kill_when, start
 from .vehicles_helpers import (
     count_files,
@@ -288,44 +289,66 @@ def jvm_in_group(group: int) -> bool:
 
 # One target: the kills fall before any catalog commit, and the lake job never opens the warehouse.
 @pytest.mark.one_target
-def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir):
-    """Three runs, each SIGKILLed at one point (README: JVM start, Parquet write, before the
-    commit); each must be reached, and the state the kill leaves is checked as it is."""
+@pytest.mark.parametrize("engine", ["spark", "duckdb"])
+def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir, engine, monkeypatch):
+    """Runs SIGKILLed at one point each (README: Spark at JVM start, Parquet write, before the
+    commit; DuckDB after its good rows' Parquet, before the commit); each point must be reached,
+    and the state the kill leaves is checked as it is. Then a run to the end: exact counts."""
+    monkeypatch.setenv("LAKE_ENGINE", engine)
     manifest = generate(state_dir("incoming"), files=8, events_per_file=1500, seed=21, quirks=True)
     discover()
     waiting = {path.name for path in state_dir("processing", "vehicles_events").glob("*.json")}
-    events_data = data_dir / "lake" / NAMESPACE / "vehicle_events" / "data"
+    lake_folder = data_dir / "lake" / NAMESPACE
 
-    def batch_folders() -> set[Path]:
-        return set(events_data.glob("batch_id=*"))
+    def batch_folders(table_name: str = "vehicle_events") -> set[Path]:
+        return set((lake_folder / table_name / "data").glob("batch_id=*"))
 
     def parquet_in(folders: set[Path], pattern: str) -> list[Path]:
         return [path for folder in folders for path in folder.glob(pattern)]
 
-    # kill point -> (reached, given the job and the batch folders that existed before it started)
-    kill_points = {
-        "JVM starting": lambda job, old: jvm_in_group(job.pid) and not batch_folders() - old,
-        "Parquet being written": lambda job, old: parquet_in(batch_folders() - old, "_temporary/**/*.parquet"),
-        "Parquet written, not yet committed": lambda job, old: any(
-            (folder / "_SUCCESS").exists() for folder in batch_folders() - old
-        ),
-    }
-    for name, reached in kill_points.items():
-        old = batch_folders()
-        job = start(LAKE_JOB)
-        assert kill_when(job, partial(reached, job, old)), f"the lake job ended before '{name}'"
-        assert job.returncode == -signal.SIGKILL, (name, job.returncode)
-        new = batch_folders() - old
-        # At the moment of the kill: nothing committed, every file still waiting in processing/.
+    def nothing_committed_and_every_file_waiting(name: str, except_refused: bool = False) -> None:
+        """Nothing in the ledgers; every file still in processing/, but for the files refused
+        whole (not JSON, no records key) once the engine has read them: they are in failed/."""
         assert not ledger("vehicle_events") and not ledger("vehicle_events_rejected"), name
-        assert {path.name for path in state_dir("processing", "vehicles_events").glob("*.json")} == waiting
-        written = parquet_in(new, "day=*/*.parquet")
-        if name == "JVM starting":
-            assert not new, name
-        elif name == "Parquet being written":
-            assert len(new) == 1 and not written and not parquet_in(new, "_SUCCESS"), name
-        else:
-            assert len(new) == 1 and written, "no Parquet written at the kill point"
+        refused = {file for file in manifest.failed_files if file in waiting} if except_refused else set()
+        still_waiting = {path.name for path in state_dir("processing", "vehicles_events").glob("*.json")}
+        assert refused and still_waiting == waiting - refused if except_refused else still_waiting == waiting, name
+
+    if engine == "spark":
+        # kill point -> (reached, given the job and the batch folders that existed before it started)
+        kill_points = {
+            "JVM starting": lambda job, old: jvm_in_group(job.pid) and not batch_folders() - old,
+            "Parquet being written": lambda job, old: parquet_in(batch_folders() - old, "_temporary/**/*.parquet"),
+            "Parquet written, not yet committed": lambda job, old: any(
+                (folder / "_SUCCESS").exists() for folder in batch_folders() - old
+            ),
+        }
+        for name, reached in kill_points.items():
+            old = batch_folders()
+            job = start(LAKE_JOB)
+            assert kill_when(job, partial(reached, job, old)), f"the lake job ended before '{name}'"
+            assert job.returncode == -signal.SIGKILL, (name, job.returncode)
+            new = batch_folders() - old
+            nothing_committed_and_every_file_waiting(name)
+            written = parquet_in(new, "day=*/*.parquet")
+            if name == "JVM starting":
+                assert not new, name
+            elif name == "Parquet being written":
+                assert len(new) == 1 and not written and not parquet_in(new, "_SUCCESS"), name
+            else:
+                assert len(new) == 1 and written, "no Parquet written at the kill point"
+                assert table("vehicle_events").current_snapshot() is None, "Parquet committed before the kill"
+    else:
+        # DuckDB writes a batch in milliseconds: the job kills itself at each point (tests/lake_engine_faults.py).
+        for name in DUCKDB_KILL_POINTS:
+            old, old_rejected = batch_folders(), batch_folders("vehicle_events_rejected")
+            job = start([sys.executable, "-m", "tests.lake_engine_faults", name])
+            assert job.wait(timeout=300) == -signal.SIGKILL, (name, job.returncode)
+            new, new_rejected = batch_folders() - old, batch_folders("vehicle_events_rejected") - old_rejected
+            all_written = name == "Parquet written, not yet committed"
+            nothing_committed_and_every_file_waiting(name, except_refused=all_written)
+            assert len(new) == 1 and parquet_in(new, "day=*/*.parquet"), f"{name}: no good rows' Parquet"
+            assert bool(parquet_in(new_rejected, "*.parquet")) == all_written, name
             assert table("vehicle_events").current_snapshot() is None, "Parquet committed before the kill"
     assert start(LAKE_JOB).wait(timeout=300) == 0
 
