@@ -112,6 +112,33 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(name, targets, indirect=True, scope=scope)
 
 
+# The longest test files (measured in CI's durations), longest first. pytest-xdist's `loadfile`
+# hands out files in collection order, so collecting these first keeps one long file from running
+# alone at the end. test_slim_ci comes late on purpose: it reuses test_environments' runs.
+LONGEST_FILES_FIRST = (
+    "test_partial_sources.py",
+    "test_flows.py",
+    "test_environments.py",
+    "test_report_html.py",
+    "test_schedules.py",
+    "test_faults.py",
+    "test_make_run.py",
+    "test_vehicle_lake.py",
+    "test_promote_postgres.py",
+    "test_lake_engines.py",
+    "test_football_csv_load.py",
+    "test_slim_ci.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 def require_postgres() -> None:
     """Skip the Postgres cases when no server is reachable; fail when one was promised (PGHOST)."""
     import psycopg2

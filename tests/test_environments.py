@@ -3,6 +3,8 @@ warehouse, lake, landing, file states, dlt state and dbt target (DESIGN §2, §8
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -10,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -257,16 +260,34 @@ def marts_fingerprints(warehouse: Path) -> dict[str, tuple[int, str]]:
         }
 
 
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """One process at a time, across pytest-xdist's workers."""
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="module")
-def staging_and_prod(tmp_path_factory) -> dict:
+def staging_and_prod(tmp_path_factory, worker_id) -> dict:
     """One sample run in staging, then one in prod, in the same ELT_DATA_DIR; staging's files
-    before and after prod's run."""
-    root = tmp_path_factory.mktemp("environments") / "data"
-    staging = run_module("orchestration.flows", root, "staging")
-    assert staging.returncode == 0, staging.stderr[-3000:]
-    staging_files = files_with_times(root / "staging")
-    prod = run_module("orchestration.flows", root, "prod")
-    assert prod.returncode == 0, prod.stderr[-3000:]
+    before and after prod's run. Made once per test session, shared by this module and
+    tests/test_slim_ci.py whichever xdist workers they run on (the first to ask makes it); the
+    tests change only copies of it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base if worker_id == "master" else base.parent) / "staging-and-prod"
+    shared.mkdir(exist_ok=True)
+    root, record = shared / "data", shared / "staging_files_before_prod.json"
+    with exclusive(shared / ".lock"):
+        if not record.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a failed attempt's
+            staging = run_module("orchestration.flows", root, "staging")
+            assert staging.returncode == 0, staging.stderr[-3000:]
+            staging_files = files_with_times(root / "staging")
+            prod = run_module("orchestration.flows", root, "prod")
+            assert prod.returncode == 0, prod.stderr[-3000:]
+            record.write_text(json.dumps(staging_files))
+    staging_files = {name: tuple(size_and_time) for name, size_and_time in json.loads(record.read_text()).items()}
     return {"root": root, "staging_files_before_prod": staging_files}
 
 

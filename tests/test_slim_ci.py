@@ -104,7 +104,9 @@ def test_slim_ci_after_changing_one_model_builds_only_it_and_its_children_readin
     target = root / "slim_ci" / "target"
     results = json.loads((target / "run_results.json").read_text())["results"]
     assert {result["unique_id"] for result in results} == expected
-    assert {result["status"] for result in results} <= {"success", "pass"}
+    for result in results:  # dbt runs nothing for an exposure (its status is no-op)
+        built_or_passed = "no-op" if result["unique_id"].startswith("exposure.") else {"success", "pass"}
+        assert result["status"] in built_or_passed, result["unique_id"]
 
     compiled = (target / "compiled" / "elt" / CHANGED_FILE).read_text()
     schema, table = STALE_IN_DEV
