@@ -266,14 +266,15 @@ class Message:
 def render(notice: Notice, context: RunContext) -> Message:
     prefix = {"opened": "ALERT", "changed": "ALERT (changed)", "resolved": "RESOLVED"}[notice.event]
     title = f"[{context.environment}] {prefix}: {notice.title}"
+    # The link ends its line: a trailing period would become part of the URL in chat clients.
     run = f"flow run {context.flow_run} of {context.scope}" + (f": {context.link}" if context.link else "")
     if notice.event == "resolved":
         lines = [
-            f"Healthy again in {run}.",
             f"Open since {notice.opened_at}; {repeats_not_announced(notice.repeats)}.",
+            f"Healthy again in {run}",
         ]
     else:
-        lines = [*notice.details, f"Seen in {run}.", "Repeats are not announced again until this changes or recovers."]
+        lines = [*notice.details, "Repeats are not announced again until this changes or recovers.", f"Seen in {run}"]
     return Message(notice.event, notice.key, title, "\n".join(lines))
 
 
