@@ -6,7 +6,9 @@ prefix `elt/<ELT_ENV>/` unless `ELT_SECRETS_PREFIX` says otherwise:
 
 - `football-api-token`: the football-data.org token (plain text);
 - `postgres`: an RDS-style JSON secret {host, port, username, password, dbname} → PG*;
-- `object-storage`: JSON {access_key_id, secret_access_key} → AWS_ACCESS_KEY_ID/SECRET.
+- `object-storage`: JSON {access_key_id, secret_access_key} → AWS_ACCESS_KEY_ID/SECRET;
+- `alerts`: JSON {webhook_url, smtp_user, smtp_password} → ELT_ALERT_WEBHOOK_URL, ELT_ALERT_SMTP_USER,
+  ELT_ALERT_SMTP_PASSWORD, read only when an alert is sent (alert_secrets), never into the environment.
 
 An unreachable manager is one warning in dev (the local value is used) and an error naming the
 secret when failing closed (`ELT_SECRETS_FAIL_CLOSED`, default true in prod). Values are never
@@ -33,6 +35,7 @@ MANAGERS = ("aws",)
 FOOTBALL_API_TOKEN = "football-api-token"
 POSTGRES = "postgres"
 OBJECT_STORAGE = "object-storage"
+ALERTS = "alerts"
 # Which variable each field of a JSON secret fills.
 POSTGRES_VARIABLES = {
     "host": "PGHOST",
@@ -42,6 +45,11 @@ POSTGRES_VARIABLES = {
     "dbname": "PGDATABASE",
 }
 OBJECT_STORAGE_VARIABLES = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY"}
+ALERT_VARIABLES = {
+    "webhook_url": "ELT_ALERT_WEBHOOK_URL",
+    "smtp_user": "ELT_ALERT_SMTP_USER",
+    "smtp_password": "ELT_ALERT_SMTP_PASSWORD",
+}
 # Variables this process (or its parent) took from the manager: a later resolution asks again.
 FILLED_MARKER = settings.SECRETS_FILLED_MARKER
 DOTENV_FILE = PROJECT_ROOT / ".env"
@@ -246,6 +254,17 @@ def resolve_into_environment(environ: dict[str, str] | None = None, dotenv_file:
         environ.pop(FILLED_MARKER, None)
     sources.update(dict.fromkeys(from_manager, "secret manager"))
     return sources
+
+
+def alert_secrets(environ: Mapping[str, str] = os.environ, dotenv_file: Path = DOTENV_FILE) -> dict[str, str]:
+    """The alert destinations' secrets: each from the environment or .env, else from the manager's
+    `alerts` secret. Asked when an alert is about to be sent, not when a run starts: an optional
+    destination must not make a run depend on the manager (a failing-closed read raises
+    SecretsError, which the caller reports instead of sending)."""
+    dotenv = dotenv_values(dotenv_file)
+    local = {variable: local_value(variable, environ, dotenv) for variable in ALERT_VARIABLES.values()}
+    found = {variable: value for variable, value in local.items() if value}
+    return {**found, **variables_to_fill(ALERTS, ALERT_VARIABLES, (), secrets_config(environ), local)}
 
 
 def football_api_token(config: SecretsConfig | None = None) -> str | None:

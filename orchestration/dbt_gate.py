@@ -33,7 +33,12 @@ PROJECT_OUTPUT_DIRS = ("target", "logs", "dbt_packages")
 
 
 class DbtGateFailed(RuntimeError):
-    """Error-severity dbt failures: nothing was published. The message names each failure."""
+    """Error-severity dbt failures: nothing was published. The message names each failure; the
+    result carries them for the alert (orchestration/alerts.py)."""
+
+    def __init__(self, message: str, result: GateResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -44,6 +49,7 @@ class TestFailure:
     failures: int | None
     message: str
     sample: list[dict] = field(default_factory=list)
+    relation: str | None = None  # where store_failures kept the failing rows
 
 
 @dataclass
@@ -217,6 +223,7 @@ def summarise(command: list[str], folder: Path | None = None) -> GateResult:
             failures=result.get("failures"),
             message=(result.get("message") or "").strip(),
             sample=_sample_rows(result.get("relation_name")),
+            relation=result.get("relation_name"),
         )
         (warnings if result["status"] == "warn" else errors).append(failure)
     return GateResult(command, counts, errors, warnings)
@@ -292,11 +299,11 @@ def _json_line(row: dict) -> str:
 
 
 def failure_message(result: GateResult) -> str:
-    named = "; ".join(f"{f.test} on {f.model or '?'} ({_what_went_wrong(f)})" for f in result.errors)
+    named = "; ".join(f"{f.test} on {f.model or '?'} ({what_went_wrong(f)})" for f in result.errors)
     return f"dbt gate failed, nothing published: {named}"
 
 
-def _what_went_wrong(failure: TestFailure) -> str:
+def what_went_wrong(failure: TestFailure) -> str:
     if failure.failures is not None:
         return f"{failure.status}, {failure.failures} failing rows"
     first_line = next((line.strip() for line in failure.message.splitlines() if line.strip()), "no message")

@@ -32,7 +32,7 @@ from core.secrets import resolve_into_environment
 from core.settings import data_dir, data_dir_or_exit, ensure_data_dir, environment
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.pipelines import pipeline
-from orchestration import build_plan, dbt_gate
+from orchestration import alerts, build_plan, dbt_gate
 from orchestration.concurrency import writes_to_warehouse
 from orchestration.report import HTML_REPORT, export_reports, report_dir
 
@@ -159,7 +159,7 @@ def build_and_gate(selector: str | None, resume: bool, exclude: Sequence[str] = 
     result = dbt_gate.summarise(command)
     create_markdown_artifact(key="dbt-gate", markdown=dbt_gate.markdown_report(result), description="dbt test gate")
     if not result.passed:
-        raise dbt_gate.DbtGateFailed(dbt_gate.failure_message(result))
+        raise dbt_gate.DbtGateFailed(dbt_gate.failure_message(result), result)
     for warning in result.warnings:
         get_run_logger().warning("dbt warning: %s on %s (%s rows)", warning.test, warning.model, warning.failures)
     return result
@@ -232,7 +232,7 @@ def describe_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
 
 
-@flow(name="elt", log_prints=True)
+@flow(name="elt", log_prints=True, **alerts.FLOW_HOOKS)
 def elt(
     sources: list[str] | None = None,
     seasons: list[str] | None = None,
@@ -272,6 +272,7 @@ def elt(
         raise ValueError(f"unknown sources {sorted(unknown)}; choose from {', '.join(SOURCES)}")
     mode = run_mode(mode)
     outcome: dict[str, Any] = {"data_dir": str(data_dir()), "environment": environment(), "mode": mode}
+    alerts.outcome_so_far(outcome)
     if sources:
         remember_mode(mode)
     if "football_csv" in sources:
@@ -420,7 +421,7 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-@flow(name="backfill", log_prints=True)
+@flow(name="backfill", log_prints=True, **alerts.FLOW_HOOKS)
 def backfill(
     first_season: int | str,
     last_season: int | str,
@@ -455,7 +456,7 @@ def backfill(
     return outcome
 
 
-@flow(name="maintenance", log_prints=True)
+@flow(name="maintenance", log_prints=True, **alerts.FLOW_HOOKS)
 def maintenance(
     snapshot_max_age_days: float = 7,
     keep_last_snapshots: int = 5,
