@@ -126,6 +126,7 @@ LONGEST_FILES_FIRST = (
     "test_vehicle_lake.py",
     "test_promote_postgres.py",
     "test_lake_engines.py",
+    "test_alerts.py",
     "test_football_csv_load.py",
     "test_slim_ci.py",
 )
