@@ -4,15 +4,20 @@
 
 For each scale it generates a reproducible vehicle dataset (events files plus status files, one
 pair per hour), then measures on those same files, each step as its own process (wall time and
-peak RSS of the whole process tree, JVM included):
+peak RSS of the whole process tree, JVM included), each path into a warehouse of its own:
 
-- the Spark lake job (JSON → Iceberg), discovery included in the end-to-end figure;
-- the lake → warehouse load on DuckDB and, when a server is reachable, Postgres;
-- dbt build of the vehicle models: full, after one more hour of files (incremental), idle;
-- the whole `elt` flow with no new data (the idle cost, Prefect included);
-- references on the same files: DuckDB's native read_json into tables, and a naive per-row
-  Python insert;
-- the football-data.co.uk loader on the real season CSVs, N times.
+- JSON → warehouse as the flow runs it (discover, lake job, lake → warehouse load), with
+  LAKE_ENGINE=auto (the engine it picks is reported) and with LAKE_ENGINE=spark; the load into
+  Postgres too when a server is reachable; Spark's start-up and its read + parse alone;
+- peers on the same files: DuckDB's native read_json into tables (the single-node limit), dlt
+  alone (records through dlt's normaliser into DuckDB, the path a dlt user takes without Spark;
+  on the first files holding DLT_ONLY_RECORDS events) and a reasonable row-at-a-time Python load;
+- dbt build of the vehicle models: full, after a late hour of events for vehicles and days that
+  exist (incremental: daily_summary must replace rows), idle;
+- the whole `elt` flow on another late hour (each step's time, publish included) and with
+  nothing new (the idle cost, Prefect included);
+- once: the bundled hourly sample through discover + lake + load in one process, and the
+  football-data.co.uk loader on the real season CSVs, N times.
 
 Prints a table and writes bench/results.json. Figures are measurements, not assertions.
 
@@ -29,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +52,20 @@ from loaders.vehicles.generate import START, generate
 BENCH_DIR = PROJECT_ROOT / "bench"
 REAL_CSV_DIR = SHARED_REAL_DATA / "football_csv"
 SAMPLE_CSV_DIR = PROJECT_ROOT / "data" / "sample" / "football_csv"
-NAIVE_SAMPLE_RECORDS = 20_000
+SAMPLE_VEHICLES = PROJECT_ROOT / "data" / "sample" / "vehicles"
+# dlt's normaliser handles a few thousand records a second here: it runs on the first hourly
+# file pairs holding this many events (the same files as the others), and its rate is compared.
+DLT_ONLY_RECORDS = 200_000
+VEHICLE_STEPS = (
+    ("discover", ("-m", "loaders", "vehicles", "discover")),
+    ("lake", ("-m", "spark_jobs.vehicle_lake")),
+    ("load", ("-m", "loaders", "vehicles", "load")),
+)
+# The columns each peer reads: the registry's fields of the two bundled types (DESIGN §6).
+PEER_COLUMNS = {
+    "vehicles_events": ("vehicle_id", "event_time", "event_source", "event_type", "event_value", "event_extra_data"),
+    "vehicles_status": ("vehicle_id", "report_time", "status_source", "status"),
+}
 # The lake job's fixed cost: a JVM and a local SparkSession that runs one trivial job.
 SPARK_START = "from spark_jobs.session import spark_session; spark_session('bench').range(1).count()"
 # The job's first stage alone (read the files, parse with the registry schema, one row per
@@ -66,8 +85,9 @@ class Step:
     peak_rss_mb: float
 
 
-def measure(command: list[str], env: dict[str, str]) -> Step:
-    """Run a command to completion; wall time and the peak summed RSS of its process tree."""
+def run_measured(command: list[str], env: dict[str, str]) -> tuple[Step, str]:
+    """Run a command to completion; wall time and the peak summed RSS of its process tree, and
+    its output."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     root = psutil.Process(process.pid)
@@ -82,7 +102,11 @@ def measure(command: list[str], env: dict[str, str]) -> Step:
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output.decode()[-4000:]}")
-    return Step(round(wall, 2), round(peak / 2**20, 1))
+    return Step(round(wall, 2), round(peak / 2**20, 1)), output.decode(errors="replace")
+
+
+def measure(command: list[str], env: dict[str, str]) -> Step:
+    return run_measured(command, env)[0]
 
 
 def _tree_rss(root: psutil.Process) -> int:
@@ -99,17 +123,22 @@ def _tree_rss(root: psutil.Process) -> int:
 
 
 WAREHOUSE_ROWS = (
-    "from core.warehouse import query; print(query('select (select count(*) from raw_vehicles.vehicle_events)"
-    " + (select count(*) from raw_vehicles.vehicle_status)')[1][0][0])"
+    "select (select count(*) from raw_vehicles.vehicle_events) + (select count(*) from raw_vehicles.vehicle_status)"
 )
+
+
+def warehouse_value(env: dict[str, str], sql: str) -> str:
+    """The first row of a query on the run's warehouse, read back by a process of its own."""
+    code = f"from core.warehouse import query; print(*query({sql!r})[1][0])"
+    output = subprocess.run(python("-c", code), env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    if output.returncode != 0:
+        raise RuntimeError(f"{sql} failed:\n{output.stderr[-2000:]}")
+    return output.stdout.strip()
 
 
 def loaded_rows(env: dict[str, str]) -> int:
     """Rows the load put into the warehouse, read back (a fast load of nothing must not pass)."""
-    output = subprocess.run(python("-c", WAREHOUSE_ROWS), env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
-    if output.returncode != 0:
-        raise RuntimeError(f"counting warehouse rows failed:\n{output.stderr[-2000:]}")
-    return int(output.stdout.strip())
+    return int(warehouse_value(env, WAREHOUSE_ROWS))
 
 
 def check_loaded(env: dict[str, str], expected: int, where: str) -> None:
@@ -169,35 +198,86 @@ def duckdb_read_json(source: Path, work: Path) -> float:
     return time.perf_counter() - started
 
 
-def naive_per_row_insert(source: Path, work: Path) -> tuple[int, float]:
-    """The baseline everybody writes first: json.load, then one INSERT per record."""
-    import duckdb
+def sample_records_beside(source: Path) -> int:
+    """Records of the bundled sample that sample mode's discovery delivers too: the files whose
+    names the generated hours do not already take (none from 12 hours up)."""
+    return sum(len(records_of(path)) for path in SAMPLE_VEHICLES.glob("*.json") if not (source / path.name).exists())
 
-    database = work / "reference_naive.duckdb"
+
+def records_of(path: Path) -> list:
+    """A bench file's records (the generator writes them under the type's records key)."""
+    document = json.loads(path.read_bytes())
+    return next(iter(document.values())) if isinstance(document, dict) else document
+
+
+def dlt_only(source: Path, work: Path, at_least: int) -> tuple[int, float]:
+    """The path a dlt user takes without Spark: each file's records, as Python objects, through
+    dlt's own extract → normalise → load into a DuckDB warehouse, on the first file pairs
+    holding `at_least` events. Returns the records loaded (read back from dlt's trace)."""
+    import dlt
+
+    events = sorted(source.glob("vehicles_events_*.json"))
+    taken, total = [], 0
+    for path in events:
+        if total >= at_least:
+            break
+        taken.append(path.name.removeprefix("vehicles_events_"))
+        total += len(records_of(path))
+
+    def resource(file_type: str):
+        def rows():
+            for stamp in taken:
+                yield records_of(source / f"{file_type}_{stamp}")
+
+        return dlt.resource(rows, name=file_type)
+
+    load = dlt.pipeline(
+        pipeline_name="bench_dlt_only",
+        pipelines_dir=str(work / "dlt_only_pipelines"),
+        destination=dlt.destinations.duckdb(str(work / "dlt_only.duckdb")),
+        dataset_name="raw_vehicles",
+    )
+    started = time.perf_counter()
+    load.run([resource(file_type) for file_type in PEER_COLUMNS])
+    wall = time.perf_counter() - started
+    counts = load.last_trace.last_normalize_info.row_counts
+    return sum(counts.get(file_type, 0) for file_type in PEER_COLUMNS), wall
+
+
+def row_at_a_time(source: Path, work: Path, chunk: int = 10_000) -> tuple[int, float]:
+    """A reasonable row-at-a-time Python path, what one writes without a framework: json per
+    file, one Python row per record with the registry's columns (nested values as JSON text),
+    handed to DuckDB 10,000 rows at a time as Arrow. (One INSERT per row, the slowest way, runs
+    at ~1,000 rows/s here and is not the baseline.)"""
+    import duckdb
+    import pyarrow as pa
+
+    def chunks(file_type: str, columns: tuple[str, ...]):
+        rows = []
+        for path in sorted(source.glob(f"{file_type}_*.json")):
+            for record in records_of(path):
+                rows.append({column: as_text(record.get(column)) for column in columns})
+                if len(rows) == chunk:
+                    yield pa.Table.from_pylist(rows)
+                    rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows)
+
     records = 0
     started = time.perf_counter()
-    with duckdb.connect(str(database)) as connection:
-        connection.execute(
-            "create table events (vehicle_id varchar, event_time varchar, event_source varchar,"
-            " event_type varchar, event_value varchar, event_extra_data varchar)"
-        )
-        for path in sorted(source.glob("vehicles_events_*.json")):
-            for event in json.loads(path.read_bytes())["vehicles_events"]:
-                connection.execute(
-                    "insert into events values (?, ?, ?, ?, ?, ?)",
-                    [
-                        event["vehicle_id"],
-                        event["event_time"],
-                        event["event_source"],
-                        event["event_type"],
-                        str(event.get("event_value")),
-                        json.dumps(event.get("event_extra_data")),
-                    ],
-                )
-                records += 1
-            if records >= NAIVE_SAMPLE_RECORDS:
-                break
+    with duckdb.connect(str(work / "reference_row_at_a_time.duckdb")) as connection:
+        for file_type, columns in PEER_COLUMNS.items():
+            connection.execute(f"create table {file_type} ({', '.join(f'{c} varchar' for c in columns)})")
+            for rows in chunks(file_type, columns):
+                connection.register("rows_chunk", rows)
+                connection.execute(f"insert into {file_type} select * from rows_chunk")
+                connection.unregister("rows_chunk")
+            records += connection.execute(f"select count(*) from {file_type}").fetchone()[0]
     return records, time.perf_counter() - started
+
+
+def as_text(value) -> str | None:
+    return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
 def postgres_reachable() -> bool:
@@ -271,88 +351,138 @@ def football_load(copies: int, work: Path) -> dict:
     }
 
 
+def json_to_warehouse(source: Path, data_dir: Path, engine: str) -> dict:
+    """The vehicle path as the flow runs it, each step its own process: discovery, the lake job
+    with LAKE_ENGINE=`engine`, the lake → warehouse load. Returns each step, the sum, and the
+    engine the lake job used (auto chooses one per run)."""
+    stage(source, data_dir / "incoming")
+    env = environment(data_dir, LAKE_ENGINE=engine)
+    steps, used = {}, set()
+    for name, arguments in VEHICLE_STEPS:
+        steps[name], output = run_measured(python(*arguments), env)
+        if name == "lake":
+            used.update(re.findall(r"^vehicle_lake \S+ on (\w+):", output, flags=re.MULTILINE))
+    wall = sum(step.wall_s for step in steps.values())
+    return {
+        **{name: asdict(step) for name, step in steps.items()},
+        "engine": ",".join(sorted(used)),
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": max(step.peak_rss_mb for step in steps.values()),
+    }
+
+
+def late_hour(folder: Path, events: int, files: int, seed: int, fleet_seed: int, hour: int) -> int:
+    """One more file pair of the same fleet's events, timed at an hour inside the data set: late
+    events for vehicles and days that already exist, so daily_summary's delete+insert replaces
+    rows instead of only adding them. Returns the events it holds."""
+    manifest = generate(
+        folder,
+        files=1,
+        events_per_file=events // files,
+        seed=seed,
+        fleet_seed=fleet_seed,
+        start=START + timedelta(hours=hour),
+    )
+    return manifest.good["vehicles_events"]
+
+
+def daily_summary_state(env: dict[str, str]) -> tuple[int, str]:
+    """Rows of the dbt-built daily_summary and the newest batch any of them comes from."""
+    rows, newest = warehouse_value(env, "select count(*), max(last_batch_id) from marts.daily_summary").split()
+    return int(rows), newest
+
+
+def flow_steps(output: str) -> dict[str, float]:
+    """Each step's time as the elt flow logs it ("<step>: done in 1.2s")."""
+    return {
+        name: float(seconds) for name, seconds in re.findall(r"Flow run '[^']*' - (.+?): done in ([0-9.]+)s", output)
+    }
+
+
 def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
     if work.exists():
         shutil.rmtree(work)
-    data_dir = work / "data"
     source = work / "source"
     started = time.perf_counter()
     counts = generate_dataset(source, events, files, seed)
     generation = time.perf_counter() - started
     records = counts["events"] + counts["statuses"]
-    stage(source, data_dir / "incoming")
-    env = environment(data_dir)
+    expected = records + sample_records_beside(source)
 
-    discover = measure(python("-m", "loaders", "vehicles", "discover"), env)
-    lake = measure(python("-m", "spark_jobs.vehicle_lake"), {**env, "LAKE_ENGINE": "spark"})
-    load = measure(python("-m", "loaders", "vehicles", "load"), env)
-    check_loaded(env, records, "DuckDB")
-    end_to_end = discover.wall_s + lake.wall_s + load.wall_s
-    load_postgres = postgres_load(data_dir, work, records)
+    # The same files down each path, each into a warehouse of its own.
+    paths = {}
+    for engine in ("auto", "spark"):
+        data_dir = work / engine
+        paths[engine] = json_to_warehouse(source, data_dir, engine)
+        check_loaded(environment(data_dir), expected, f"DuckDB after LAKE_ENGINE={engine}")
+    data_dir = work / "auto"
+    env = environment(data_dir)
+    load_postgres = postgres_load(data_dir, work, expected)
     spark_start = measure(python("-c", SPARK_START), env)
     spark_parse = measure(python("-c", SPARK_PARSE, str(source)), env)
 
+    read_json = duckdb_read_json(source, work)
+    dlt_records, dlt_wall = dlt_only(source, work, DLT_ONLY_RECORDS)
+    row_records, row_wall = row_at_a_time(source, work)
+
     full = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
-    one_hour = work / "one_more_hour"
-    extra = generate(  # the same fleet's next hour: it touches vehicle-days the full build made
-        one_hour,
-        files=1,
-        events_per_file=events // files,
-        seed=seed + 1,
-        fleet_seed=seed,
-        start=START + timedelta(hours=files),
-    )
-    stage(one_hour, data_dir / "incoming")
-    for command in (
-        ("-m", "loaders", "vehicles", "discover"),
-        ("-m", "spark_jobs.vehicle_lake"),
-        ("-m", "loaders", "vehicles", "load"),
-    ):
-        measure(python(*command), {**env, "LAKE_ENGINE": "spark"})
+    summary_rows, _ = daily_summary_state(env)
+    late_events = late_hour(work / "late_hour", events, files, seed + 1, seed, hour=files // 2)
+    late = json_to_warehouse(work / "late_hour", data_dir, "auto")
     incremental = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
+    rows_after, newest = daily_summary_state(env)
+    replaced = int(warehouse_value(env, f"select count(*) from marts.daily_summary where last_batch_id = '{newest}'"))
+    if rows_after != summary_rows or not replaced:
+        raise RuntimeError(
+            f"the late hour must replace existing vehicle-days: {summary_rows} → {rows_after} rows, {replaced} replaced"
+        )
     idle_build = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
 
-    measure(python("-m", "orchestration.flows"), env)  # first run: football samples, audit marts
+    measure(python("-m", "orchestration.flows"), env)  # first run: football samples, audit marts, publish
+    late_hour(work / "flow_hour", events, files, seed + 2, seed, hour=files // 2 - 1)
+    stage(work / "flow_hour", data_dir / "incoming")
+    flow_late, flow_output = run_measured(python("-m", "orchestration.flows"), env)
+    if "publish" not in flow_steps(flow_output):
+        raise RuntimeError(f"the elt flow did not build and publish the late hour:\n{flow_output[-3000:]}")
     idle_flow = measure(python("-m", "orchestration.flows"), env)
 
-    read_json = duckdb_read_json(source, work)
-    naive_records, naive_wall = naive_per_row_insert(source, work)
-
-    ours = records / end_to_end
+    auto = records / paths["auto"]["wall_s"]
     reference = records / read_json
-    naive = naive_records / naive_wall
+    dlt_rate = dlt_records / dlt_wall
     return {
         "events": counts["events"],
         "statuses": counts["statuses"],
         "files": files * 2,
         "input_mb": round(sum(p.stat().st_size for p in source.glob("*.json")) / 2**20, 1),
         "generation_s": round(generation, 2),
-        "discover": asdict(discover),
-        "lake_job": {**asdict(lake), "events_per_s": round(counts["events"] / lake.wall_s)},
-        "load_duckdb": {**asdict(load), "rows_per_s": round(records / load.wall_s)},
+        "auto_path": {**paths["auto"], "records_per_s": round(auto)},
+        "spark_path": {**paths["spark"], "records_per_s": round(records / paths["spark"]["wall_s"])},
         "load_postgres": {**asdict(load_postgres), "rows_per_s": round(records / load_postgres.wall_s)}
         if load_postgres
         else None,
-        "end_to_end": {"wall_s": round(end_to_end, 2), "records_per_s": round(ours)},
+        "spark_start": asdict(spark_start),
+        "spark_parse_only": {**asdict(spark_parse), "records_per_s": round(records / spark_parse.wall_s)},
+        "spark_lake_over_parse_only": round(paths["spark"]["lake"]["wall_s"] / spark_parse.wall_s, 2),
+        "reference_duckdb_read_json": {"wall_s": round(read_json, 2), "records_per_s": round(reference)},
+        "peer_dlt_only": {"records": dlt_records, "wall_s": round(dlt_wall, 2), "records_per_s": round(dlt_rate)},
+        "peer_row_at_a_time": {
+            "records": row_records,
+            "wall_s": round(row_wall, 2),
+            "records_per_s": round(row_records / row_wall),
+        },
+        "auto_over_read_json": round(auto / reference, 3),
+        "auto_over_dlt_only": round(auto / dlt_rate, 1),
         "dbt_full": asdict(full),
-        "dbt_incremental_one_hour": {**asdict(incremental), "new_events": extra.good["vehicles_events"]},
+        "late_hour": {"new_events": late_events, "vehicle_days_replaced": replaced, "path": late},
+        "dbt_incremental_late_hour": asdict(incremental),
         "dbt_idle": asdict(idle_build),
         "incremental_over_full": round(incremental.wall_s / full.wall_s, 3),
         # dbt's fixed cost (start, parse, tests on small tables) is the idle build; above it:
         "incremental_over_full_above_idle": round(
             max(incremental.wall_s - idle_build.wall_s, 0) / max(full.wall_s - idle_build.wall_s, 0.01), 3
         ),
-        "spark_start": asdict(spark_start),
-        "spark_parse_only": {**asdict(spark_parse), "records_per_s": round(records / spark_parse.wall_s)},
+        "flow_late_hour": {**asdict(flow_late), "steps_s": flow_steps(flow_output)},
         "idle_flow": asdict(idle_flow),
-        "reference_duckdb_read_json": {"wall_s": round(read_json, 2), "records_per_s": round(reference)},
-        "reference_naive_insert": {
-            "records": naive_records,
-            "wall_s": round(naive_wall, 2),
-            "records_per_s": round(naive),
-        },
-        "ours_over_read_json": round(ours / reference, 3),
-        "ours_over_naive": round(ours / naive, 1),
     }
 
 
@@ -430,30 +560,85 @@ def run_crossover(sizes: list[int], seed: int, work: Path, out: Path) -> int:
     return 0
 
 
+def steps_text(path: dict) -> str:
+    return " · ".join(str(path[name]["wall_s"]) for name, _ in VEHICLE_STEPS)
+
+
+def rate_text(path: dict) -> str:
+    return f"{path['wall_s']} · {path['records_per_s']:,}"
+
+
+# Discovery, the lake job and the load of the bundled sample in one process, as a flow runs them.
+SAMPLE_IN_ONE_PROCESS = (
+    "import time; started = time.perf_counter();"
+    " from lake import files; from spark_jobs.vehicle_lake import run;"
+    " from loaders.pipelines import pipeline; from loaders.vehicles.warehouse_load import DATASET, vehicles_lake;"
+    " imported = time.perf_counter(); files.stage_sample(); files.discover(); run();"
+    " pipeline('vehicles_lake', DATASET).run(vehicles_lake());"
+    " print('timings', imported - started, time.perf_counter() - imported)"
+)
+
+
+def sample_in_one_process(work: Path) -> dict:
+    """The bundled hourly sample through discover + lake (LAKE_ENGINE=auto) + load, one process."""
+    shutil.rmtree(work, ignore_errors=True)
+    env = environment(work, LAKE_ENGINE="auto")
+    step, output = run_measured(python("-c", SAMPLE_IN_ONE_PROCESS), env)
+    imports, work_s = (float(value) for value in re.search(r"^timings (\S+) (\S+)$", output, re.MULTILINE).groups())
+    expected = sum(len(records_of(path)) for path in SAMPLE_VEHICLES.glob("*.json"))
+    check_loaded(env, expected, "the bundled sample")  # it holds no bad record
+    return {**asdict(step), "imports_s": round(imports, 2), "work_s": round(work_s, 2), "records": expected}
+
+
 def print_table(results: dict) -> None:
     scales = results["scales"]
+
+    def path_row(path: str, key: str):
+        return lambda s: s[path][key]
+
     rows = [
         ("events", lambda s: f"{s['events']:,}"),
         ("input MB (events + status)", lambda s: s["input_mb"]),
-        ("Spark lake job: wall s", lambda s: s["lake_job"]["wall_s"]),
-        ("Spark lake job: events/s", lambda s: f"{s['lake_job']['events_per_s']:,}"),
-        ("Spark lake job: peak RSS MB", lambda s: s["lake_job"]["peak_rss_mb"]),
-        ("lake → DuckDB: rows/s", lambda s: f"{s['load_duckdb']['rows_per_s']:,}"),
-        ("lake → Postgres: rows/s", lambda s: f"{s['load_postgres']['rows_per_s']:,}" if s["load_postgres"] else "-"),
-        ("end to end JSON → warehouse: s", lambda s: s["end_to_end"]["wall_s"]),
-        ("end to end: records/s", lambda s: f"{s['end_to_end']['records_per_s']:,}"),
-        ("DuckDB read_json: records/s", lambda s: f"{s['reference_duckdb_read_json']['records_per_s']:,}"),
-        ("naive per-row insert: records/s", lambda s: f"{s['reference_naive_insert']['records_per_s']:,}"),
-        ("ours / read_json", lambda s: s["ours_over_read_json"]),
-        ("ours / naive", lambda s: s["ours_over_naive"]),
-        ("dbt full build s", lambda s: s["dbt_full"]["wall_s"]),
-        ("dbt incremental (+1 hour) s", lambda s: s["dbt_incremental_one_hour"]["wall_s"]),
-        ("dbt idle build s", lambda s: s["dbt_idle"]["wall_s"]),
-        ("incremental / full", lambda s: s["incremental_over_full"]),
-        ("  the same, above the idle build", lambda s: s["incremental_over_full_above_idle"]),
-        ("Spark session start (part of the job) s", lambda s: s["spark_start"]["wall_s"]),
-        ("Spark parse only (start + read + parse) s", lambda s: s["spark_parse_only"]["wall_s"]),
-        ("idle elt flow s", lambda s: s["idle_flow"]["wall_s"]),
+        ("auto path: engine chosen", path_row("auto_path", "engine")),
+        ("auto path: discover · lake · load s", lambda s: steps_text(s["auto_path"])),
+        ("auto path end to end: s · records/s", lambda s: rate_text(s["auto_path"])),
+        ("auto path: peak RSS MB", path_row("auto_path", "peak_rss_mb")),
+        ("Spark path: discover · lake · load s", lambda s: steps_text(s["spark_path"])),
+        ("Spark path end to end: s · records/s", lambda s: rate_text(s["spark_path"])),
+        ("Spark path: peak RSS MB", path_row("spark_path", "peak_rss_mb")),
+        (
+            "Spark start-up · start + read + parse only s",
+            lambda s: f"{s['spark_start']['wall_s']} · {s['spark_parse_only']['wall_s']}",
+        ),
+        ("Spark lake job / parse only", lambda s: s["spark_lake_over_parse_only"]),
+        (
+            "lake → Postgres load: rows/s",
+            lambda s: f"{s['load_postgres']['rows_per_s']:,}" if s["load_postgres"] else "-",
+        ),
+        ("limit: DuckDB read_json, records/s", lambda s: f"{s['reference_duckdb_read_json']['records_per_s']:,}"),
+        (
+            "peer: dlt alone, records/s (records)",
+            lambda s: f"{s['peer_dlt_only']['records_per_s']:,} ({s['peer_dlt_only']['records']:,})",
+        ),
+        ("peer: row at a time, records/s", lambda s: f"{s['peer_row_at_a_time']['records_per_s']:,}"),
+        ("auto / read_json · auto / dlt alone", lambda s: f"{s['auto_over_read_json']} · {s['auto_over_dlt_only']}×"),
+        (
+            "dbt build: full · late hour · nothing new s",
+            lambda s: (
+                f"{s['dbt_full']['wall_s']} · {s['dbt_incremental_late_hour']['wall_s']} · {s['dbt_idle']['wall_s']}"
+            ),
+        ),
+        (
+            "late hour: events · vehicle-days replaced",
+            lambda s: f"{s['late_hour']['new_events']:,} · {s['late_hour']['vehicle_days_replaced']}",
+        ),
+        (
+            "incremental / full · above the idle build",
+            lambda s: f"{s['incremental_over_full']} · {s['incremental_over_full_above_idle']}",
+        ),
+        ("elt flow, a late hour: s", lambda s: s["flow_late_hour"]["wall_s"]),
+        ("  of which publish s", lambda s: s["flow_late_hour"]["steps_s"].get("publish", "-")),
+        ("elt flow, nothing new: s", lambda s: s["idle_flow"]["wall_s"]),
     ]
     header = ["measure", *(f"×{scale['scale']}" for scale in scales)]
     table = [header] + [[name, *(str(render(scale)) for scale in scales)] for name, render in rows]
@@ -465,6 +650,11 @@ def print_table(results: dict) -> None:
                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))
             )
         )
+    sample = results["sample_in_one_process"]
+    print(
+        f"\nbundled hourly sample, discover + lake + load in one process: {sample['wall_s']} s "
+        f"({sample['imports_s']} s of imports, {sample['work_s']} s of work), peak RSS {sample['peak_rss_mb']} MB"
+    )
     football = results["football_csv"]
     print(
         f"\nfootball-data.co.uk loader: {football['files']} real files × {football['copies']}: "
@@ -500,10 +690,13 @@ def main(argv: list[str] | None = None) -> int:
         "scales": [],
     }
     for scale in (float(part) for part in args.scales.split(",")):
-        events, files = int(args.events * scale), max(1, int(args.files * scale))
+        events, files = int(args.events * scale), int(args.files * scale)
+        if files < 2:
+            parser.error("each scale needs at least 2 hourly files (two late hours are placed inside them)")
         print(f"scale ×{scale}: {events:,} events in {files} files ...", flush=True)
         measured = run_scale(events, files, args.seed, args.work / f"scale_{scale}")
         results["scales"].append({"scale": scale, **measured})
+    results["sample_in_one_process"] = sample_in_one_process(args.work / "sample")
     results["football_csv"] = football_load(args.football_copies, args.work / "football")
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print()
