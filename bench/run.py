@@ -56,11 +56,28 @@ SAMPLE_VEHICLES = PROJECT_ROOT / "data" / "sample" / "vehicles"
 # dlt's normaliser handles a few thousand records a second here: it runs on the first hourly
 # file pairs holding this many events (the same files as the others), and its rate is compared.
 DLT_ONLY_RECORDS = 200_000
-VEHICLE_STEPS = (
-    ("discover", ("-m", "loaders", "vehicles", "discover")),
-    ("lake", ("-m", "spark_jobs.vehicle_lake")),
-    ("load", ("-m", "loaders", "vehicles", "load")),
-)
+# Discovery, the lake job and the lake → warehouse load in one process, as the elt flow runs
+# them; prints the engines the lake job used and each step's seconds (imports first).
+VEHICLE_PATH = """
+import sys, time
+started = time.perf_counter()
+from lake import files
+from loaders.pipelines import pipeline
+from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+from spark_jobs.vehicle_lake import run
+marks = [time.perf_counter()]
+if "--stage-sample" in sys.argv:
+    files.stage_sample()
+files.discover()
+marks.append(time.perf_counter())
+engines = {report.engine for report in run()}
+marks.append(time.perf_counter())
+pipeline("vehicles_lake", DATASET).run(vehicles_lake())
+marks.append(time.perf_counter())
+print("engines", *sorted(engines))
+print("seconds", *(end - begin for begin, end in zip([started, *marks], marks)))
+"""
+VEHICLE_STEPS = ("imports", "discover", "lake", "load")
 # The columns each peer reads: the registry's fields of the two bundled types (DESIGN §6).
 PEER_COLUMNS = {
     "vehicles_events": ("vehicle_id", "event_time", "event_source", "event_type", "event_value", "event_extra_data"),
@@ -196,12 +213,6 @@ def duckdb_read_json(source: Path, work: Path) -> float:
         )
         connection.execute("checkpoint")
     return time.perf_counter() - started
-
-
-def sample_records_beside(source: Path) -> int:
-    """Records of the bundled sample that sample mode's discovery delivers too: the files whose
-    names the generated hours do not already take (none from 12 hours up)."""
-    return sum(len(records_of(path)) for path in SAMPLE_VEHICLES.glob("*.json") if not (source / path.name).exists())
 
 
 def records_of(path: Path) -> list:
@@ -351,39 +362,34 @@ def football_load(copies: int, work: Path) -> dict:
     }
 
 
-def json_to_warehouse(source: Path, data_dir: Path, engine: str) -> dict:
-    """The vehicle path as the flow runs it, each step its own process: discovery, the lake job
-    with LAKE_ENGINE=`engine`, the lake → warehouse load. Returns each step, the sum, and the
-    engine the lake job used (auto chooses one per run)."""
-    stage(source, data_dir / "incoming")
-    env = environment(data_dir, LAKE_ENGINE=engine)
-    steps, used = {}, set()
-    for name, arguments in VEHICLE_STEPS:
-        steps[name], output = run_measured(python(*arguments), env)
-        if name == "lake":
-            used.update(re.findall(r"^vehicle_lake \S+ on (\w+):", output, flags=re.MULTILINE))
-    wall = sum(step.wall_s for step in steps.values())
+def json_to_warehouse(data_dir: Path, engine: str, *options: str) -> dict:
+    """The vehicle path in one process, as the flow runs it: discovery of what waits in incoming/,
+    the lake job with LAKE_ENGINE=`engine`, the lake → warehouse load. Returns the process's wall
+    time and peak RSS, each step's seconds and the engine(s) the lake job used."""
+    step, output = run_measured(python("-c", VEHICLE_PATH, *options), environment(data_dir, LAKE_ENGINE=engine))
+    engines = re.search(r"^engines ?(.*)$", output, re.MULTILINE).group(1)
+    seconds = re.search(r"^seconds (.*)$", output, re.MULTILINE).group(1).split()
     return {
-        **{name: asdict(step) for name, step in steps.items()},
-        "engine": ",".join(sorted(used)),
-        "wall_s": round(wall, 2),
-        "peak_rss_mb": max(step.peak_rss_mb for step in steps.values()),
+        **asdict(step),
+        "engine": engines.replace(" ", ","),
+        "steps_s": {name: round(float(value), 2) for name, value in zip(VEHICLE_STEPS, seconds, strict=True)},
     }
 
 
 def late_hour(folder: Path, events: int, files: int, seed: int, fleet_seed: int, hour: int) -> int:
-    """One more file pair of the same fleet's events, timed at an hour inside the data set: late
-    events for vehicles and days that already exist, so daily_summary's delete+insert replaces
-    rows instead of only adding them. Returns the events it holds."""
+    """One more file pair of the same fleet's events, over the hour from half past `hour` (inside
+    the data set, under names of its own): late events for vehicles and days that already exist,
+    so daily_summary's delete+insert replaces rows instead of only adding them. Returns the good
+    records per type."""
     manifest = generate(
         folder,
         files=1,
         events_per_file=events // files,
         seed=seed,
         fleet_seed=fleet_seed,
-        start=START + timedelta(hours=hour),
+        start=START + timedelta(hours=hour, minutes=30),
     )
-    return manifest.good["vehicles_events"]
+    return manifest.good
 
 
 def daily_summary_state(env: dict[str, str]) -> tuple[int, str]:
@@ -407,17 +413,16 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
     counts = generate_dataset(source, events, files, seed)
     generation = time.perf_counter() - started
     records = counts["events"] + counts["statuses"]
-    expected = records + sample_records_beside(source)
 
     # The same files down each path, each into a warehouse of its own.
     paths = {}
     for engine in ("auto", "spark"):
-        data_dir = work / engine
-        paths[engine] = json_to_warehouse(source, data_dir, engine)
-        check_loaded(environment(data_dir), expected, f"DuckDB after LAKE_ENGINE={engine}")
+        stage(source, work / engine / "incoming")
+        paths[engine] = json_to_warehouse(work / engine, engine)
+        check_loaded(environment(work / engine), records, f"DuckDB after LAKE_ENGINE={engine}")
     data_dir = work / "auto"
     env = environment(data_dir)
-    load_postgres = postgres_load(data_dir, work, expected)
+    load_postgres = postgres_load(data_dir, work, records)
     spark_start = measure(python("-c", SPARK_START), env)
     spark_parse = measure(python("-c", SPARK_PARSE, str(source)), env)
 
@@ -426,13 +431,15 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
     row_records, row_wall = row_at_a_time(source, work)
 
     full = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
-    summary_rows, _ = daily_summary_state(env)
-    late_events = late_hour(work / "late_hour", events, files, seed + 1, seed, hour=files // 2)
-    late = json_to_warehouse(work / "late_hour", data_dir, "auto")
+    summary_rows, newest_before = daily_summary_state(env)
+    late_records = late_hour(work / "late_hour", events, files, seed + 1, seed, hour=files // 2)
+    stage(work / "late_hour", data_dir / "incoming")
+    late = json_to_warehouse(data_dir, "auto")
+    check_loaded(env, records + sum(late_records.values()), "DuckDB after the late hour")
     incremental = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
     rows_after, newest = daily_summary_state(env)
     replaced = int(warehouse_value(env, f"select count(*) from marts.daily_summary where last_batch_id = '{newest}'"))
-    if rows_after != summary_rows or not replaced:
+    if rows_after != summary_rows or newest == newest_before or not replaced:
         raise RuntimeError(
             f"the late hour must replace existing vehicle-days: {summary_rows} → {rows_after} rows, {replaced} replaced"
         )
@@ -462,7 +469,10 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
         else None,
         "spark_start": asdict(spark_start),
         "spark_parse_only": {**asdict(spark_parse), "records_per_s": round(records / spark_parse.wall_s)},
-        "spark_lake_over_parse_only": round(paths["spark"]["lake"]["wall_s"] / spark_parse.wall_s, 2),
+        # the lake job in a process that has its Spark session to start, against the probe's process
+        "spark_lake_over_parse_only": round(
+            (paths["spark"]["steps_s"]["imports"] + paths["spark"]["steps_s"]["lake"]) / spark_parse.wall_s, 2
+        ),
         "reference_duckdb_read_json": {"wall_s": round(read_json, 2), "records_per_s": round(reference)},
         "peer_dlt_only": {"records": dlt_records, "wall_s": round(dlt_wall, 2), "records_per_s": round(dlt_rate)},
         "peer_row_at_a_time": {
@@ -473,7 +483,7 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
         "auto_over_read_json": round(auto / reference, 3),
         "auto_over_dlt_only": round(auto / dlt_rate, 1),
         "dbt_full": asdict(full),
-        "late_hour": {"new_events": late_events, "vehicle_days_replaced": replaced, "path": late},
+        "late_hour": {"new_events": late_records["vehicles_events"], "vehicle_days_replaced": replaced, "path": late},
         "dbt_incremental_late_hour": asdict(incremental),
         "dbt_idle": asdict(idle_build),
         "incremental_over_full": round(incremental.wall_s / full.wall_s, 3),
@@ -561,33 +571,20 @@ def run_crossover(sizes: list[int], seed: int, work: Path, out: Path) -> int:
 
 
 def steps_text(path: dict) -> str:
-    return " · ".join(str(path[name]["wall_s"]) for name, _ in VEHICLE_STEPS)
+    return " · ".join(str(path["steps_s"][name]) for name in VEHICLE_STEPS)
 
 
 def rate_text(path: dict) -> str:
     return f"{path['wall_s']} · {path['records_per_s']:,}"
 
 
-# Discovery, the lake job and the load of the bundled sample in one process, as a flow runs them.
-SAMPLE_IN_ONE_PROCESS = (
-    "import time; started = time.perf_counter();"
-    " from lake import files; from spark_jobs.vehicle_lake import run;"
-    " from loaders.pipelines import pipeline; from loaders.vehicles.warehouse_load import DATASET, vehicles_lake;"
-    " imported = time.perf_counter(); files.stage_sample(); files.discover(); run();"
-    " pipeline('vehicles_lake', DATASET).run(vehicles_lake());"
-    " print('timings', imported - started, time.perf_counter() - imported)"
-)
-
-
 def sample_in_one_process(work: Path) -> dict:
     """The bundled hourly sample through discover + lake (LAKE_ENGINE=auto) + load, one process."""
     shutil.rmtree(work, ignore_errors=True)
-    env = environment(work, LAKE_ENGINE="auto")
-    step, output = run_measured(python("-c", SAMPLE_IN_ONE_PROCESS), env)
-    imports, work_s = (float(value) for value in re.search(r"^timings (\S+) (\S+)$", output, re.MULTILINE).groups())
-    expected = sum(len(records_of(path)) for path in SAMPLE_VEHICLES.glob("*.json"))
-    check_loaded(env, expected, "the bundled sample")  # it holds no bad record
-    return {**asdict(step), "imports_s": round(imports, 2), "work_s": round(work_s, 2), "records": expected}
+    path = json_to_warehouse(work, "auto", "--stage-sample")
+    expected = sum(len(records_of(sample)) for sample in SAMPLE_VEHICLES.glob("*.json"))
+    check_loaded(environment(work), expected, "the bundled sample")  # it holds no bad record
+    return {**path, "records": expected}
 
 
 def print_table(results: dict) -> None:
@@ -600,10 +597,10 @@ def print_table(results: dict) -> None:
         ("events", lambda s: f"{s['events']:,}"),
         ("input MB (events + status)", lambda s: s["input_mb"]),
         ("auto path: engine chosen", path_row("auto_path", "engine")),
-        ("auto path: discover · lake · load s", lambda s: steps_text(s["auto_path"])),
+        ("auto path: imports · discover · lake · load s", lambda s: steps_text(s["auto_path"])),
         ("auto path end to end: s · records/s", lambda s: rate_text(s["auto_path"])),
         ("auto path: peak RSS MB", path_row("auto_path", "peak_rss_mb")),
-        ("Spark path: discover · lake · load s", lambda s: steps_text(s["spark_path"])),
+        ("Spark path: imports · discover · lake · load s", lambda s: steps_text(s["spark_path"])),
         ("Spark path end to end: s · records/s", lambda s: rate_text(s["spark_path"])),
         ("Spark path: peak RSS MB", path_row("spark_path", "peak_rss_mb")),
         (
@@ -652,8 +649,9 @@ def print_table(results: dict) -> None:
         )
     sample = results["sample_in_one_process"]
     print(
-        f"\nbundled hourly sample, discover + lake + load in one process: {sample['wall_s']} s "
-        f"({sample['imports_s']} s of imports, {sample['work_s']} s of work), peak RSS {sample['peak_rss_mb']} MB"
+        f"\nbundled hourly sample ({sample['records']:,} records), discover + lake + load in one process: "
+        f"{sample['wall_s']} s (imports · discover · lake · load: {steps_text(sample)} s), "
+        f"peak RSS {sample['peak_rss_mb']} MB"
     )
     football = results["football_csv"]
     print(
