@@ -51,9 +51,17 @@ def batch_cursor(resource_state: dict) -> dict:
     return resource_state.setdefault("incremental", {}).setdefault(CURSOR, {})
 
 
+class DeleteFilesError(ValueError):
+    """A data file with Iceberg delete files: its Parquet alone is not its rows."""
+
+
 def new_data_files(table: Table, since: str) -> list[FileScanTask]:
-    """Data files that may hold rows after `since`; pyiceberg prunes the others by statistics."""
-    return list(table.scan(row_filter=GreaterThan(CURSOR, since) if since else AlwaysTrue()).plan_files())
+    """Data files that may hold rows after `since`; pyiceberg prunes the others by statistics.
+    The lake only adds and replaces whole files (no merge-on-read deletes), which file import needs."""
+    tasks = list(table.scan(row_filter=GreaterThan(CURSOR, since) if since else AlwaysTrue()).plan_files())
+    if any(task.delete_files for task in tasks):
+        raise DeleteFilesError(f"{table.name()}: data files with delete files cannot be imported as they are")
+    return tasks
 
 
 def only_new_rows(table: Table, task: FileScanTask, since: str) -> bool:
@@ -62,7 +70,7 @@ def only_new_rows(table: Table, task: FileScanTask, since: str) -> bool:
     so a bound past `since` still means every value is."""
     field_id = table.schema().find_field(CURSOR).field_id
     lower = (task.file.lower_bounds or {}).get(field_id)
-    return not task.delete_files and lower is not None and lower.decode() > since
+    return lower is not None and lower.decode() > since
 
 
 def local_file(location: str, folder: Path) -> Path:
