@@ -82,14 +82,19 @@ def local_file(location: str, folder: Path) -> Path:
     return Path(storage.resolve(location)[1])
 
 
+# Only the file's own columns: DuckDB would add columns for the key=value folders the lake
+# writes files under (batch_id=…/day=…).
+LAKE_PARQUET = "read_parquet($files, hive_partitioning = false)"
+
+
 def rows_after(db: duckdb.DuckDBPyConnection, source: Path, since: str, target: Path) -> ImportFile:
     """The file's rows after `since`, copied by DuckDB into a Parquet file of their own."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    db.execute(
-        "copy (select * from read_parquet($source) where batch_id > $since) to $target (format parquet)",
-        {"source": str(source), "since": since, "target": str(target)},
-    )
-    return ImportFile(target, db.execute("select count(*) from read_parquet($t)", {"t": str(target)}).fetchone()[0])
+    copied = db.execute(
+        f"copy (select * from {LAKE_PARQUET} where batch_id > $since) to $target (format parquet)",
+        {"files": [str(source)], "since": since, "target": str(target)},
+    ).fetchone()[0]
+    return ImportFile(target, copied)
 
 
 def import_files(table: Table, tasks: list[FileScanTask], since: str, folder: Path) -> list[ImportFile]:
@@ -106,7 +111,7 @@ def import_files(table: Table, tasks: list[FileScanTask], since: str, folder: Pa
 
 def last_batch_id(files: list[ImportFile]) -> str:
     paths = [str(file.path) for file in files]
-    return duckdb.execute("select max(batch_id) from read_parquet($paths)", {"paths": paths}).fetchone()[0]
+    return duckdb.execute(f"select max(batch_id) from {LAKE_PARQUET}", {"files": paths}).fetchone()[0]
 
 
 def import_folder(table_name: str) -> Path:
