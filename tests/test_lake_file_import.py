@@ -4,6 +4,8 @@ field was added load with NULL in it. Expectations come from the Iceberg tables 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +24,7 @@ from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows
+from .processes import any_file, kill_when, start
 from .vehicles_helpers import lake_rows
 
 pytestmark = pytest.mark.integration
@@ -33,8 +36,8 @@ def events_table():
     return catalog().load_table(f"{NAMESPACE}.vehicle_events")
 
 
-def lake_batch(seed: int, start: datetime) -> None:
-    generate(state_dir("incoming"), files=3, events_per_file=400, seed=seed, start=start)
+def lake_batch(seed: int, start: datetime, files: int = 3, events_per_file: int = 400) -> None:
+    generate(state_dir("incoming"), files=files, events_per_file=events_per_file, seed=seed, start=start)
     discover()
     run_lake_job()
 
@@ -63,15 +66,20 @@ def lake_engine(monkeypatch):
     monkeypatch.setenv("LAKE_ENGINE", "duckdb")
 
 
-def test_a_compacted_file_with_loaded_and_new_batches_loads_only_its_new_rows(data_dir, lake_engine):
+def loaded_then_compacted_with_a_new_batch(files: int = 3, events_per_file: int = 400) -> None:
+    """A batch loaded into the warehouse, a second batch committed, then compaction: every day's
+    rows of both batches rewritten into new files."""
     start = datetime(2025, 11, 1, tzinfo=UTC)
-    lake_batch(seed=5, start=start)
+    lake_batch(seed=5, start=start, files=files, events_per_file=events_per_file)
     load()
-    lake_batch(seed=6, start=start + timedelta(hours=6))
-    # Compaction: every day's rows of both batches rewritten into new files.
+    lake_batch(seed=6, start=start + timedelta(hours=6), files=files, events_per_file=events_per_file)
     events = events_table()
     events.overwrite(events.scan().to_arrow())
     assert max(batches_per_data_file(events_table())) == 2, "no file holds rows of both batches"
+
+
+def test_a_compacted_file_with_loaded_and_new_batches_loads_only_its_new_rows(data_dir, lake_engine):
+    loaded_then_compacted_with_a_new_batch()
 
     load()
 
@@ -103,3 +111,20 @@ def test_files_written_before_a_field_was_added_load_with_it_null(data_dir, lake
     expected = Counter((row["batch_id"], row["event_note"] is None) for row in lake_rows("vehicle_events"))
     assert expected[(later_batch, False)] == 50 and sum(expected.values()) > 50
     assert Counter(rows("select batch_id, event_note is null from raw_vehicles.vehicle_events")) == expected
+
+
+def test_sigkill_while_filtering_compacted_files_then_rerun_loads_each_row_once(data_dir, lake_engine):
+    """Killed with filtered files in the scratch folder (nothing in a package yet), then with the
+    package extracted: the re-run loads the new batch once and nothing of the loaded one."""
+    loaded_then_compacted_with_a_new_batch(files=8, events_per_file=1500)
+    extracted = data_dir / ".dlt_pipelines" / "vehicles_lake" / "normalize" / "extracted"
+    for name, reached in {
+        "filtering": any_file(data_dir / "lake_import", "*.parquet"),
+        "extracted": any_file(extracted),
+    }.items():
+        load_job = start([sys.executable, "-m", "loaders", "vehicles", "load"])
+        assert kill_when(load_job, reached), f"the load ended before the kill point '{name}'"
+    subprocess.run([sys.executable, "-m", "loaders", "vehicles", "load"], check=True, timeout=300)
+
+    for table_name in ("vehicle_events", "vehicle_status"):
+        assert warehouse_identities(table_name) == lake_identities(table_name), table_name
