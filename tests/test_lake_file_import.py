@@ -87,11 +87,27 @@ def test_a_compacted_file_with_loaded_and_new_batches_loads_only_its_new_rows(da
         assert warehouse_identities(table_name) == lake_identities(table_name), table_name
 
 
+# The warehouse types the staging models have always read, per Iceberg type, written out here.
+WAREHOUSE_TYPES = {
+    "duckdb": {"string": "VARCHAR", "long": "BIGINT", "timestamptz": "TIMESTAMP WITH TIME ZONE"},
+    "postgres": {"string": "character varying", "long": "bigint", "timestamptz": "timestamp with time zone"},
+}
+
+
+def warehouse_column_types(table_name: str) -> dict[str, str]:
+    return dict(
+        rows(
+            "select column_name, data_type from information_schema.columns"
+            f" where table_schema = 'raw_vehicles' and table_name = '{table_name}'"
+        )
+    )
+
+
 def with_column(table: pa.Table, name: str, values: list) -> pa.Table:
     return table.set_column(table.schema.get_field_index(name), name, pa.array(values))
 
 
-def test_files_written_before_a_field_was_added_load_with_it_null(data_dir, lake_engine):
+def test_files_written_before_a_field_was_added_load_with_it_null(data_dir, lake_engine, target):
     lake_batch(seed=8, start=datetime(2025, 11, 1, tzinfo=UTC))
     events = events_table()
     with events.update_schema() as update:
@@ -111,6 +127,9 @@ def test_files_written_before_a_field_was_added_load_with_it_null(data_dir, lake
     expected = Counter((row["batch_id"], row["event_note"] is None) for row in lake_rows("vehicle_events"))
     assert expected[(later_batch, False)] == 50 and sum(expected.values()) > 50
     assert Counter(rows("select batch_id, event_note is null from raw_vehicles.vehicle_events")) == expected
+    lake_types = {field.name: str(field.field_type) for field in events_table().schema().fields}
+    expected_types = {name: WAREHOUSE_TYPES[target][kind] for name, kind in lake_types.items()}
+    assert warehouse_column_types("vehicle_events") == expected_types
 
 
 def test_sigkill_while_filtering_compacted_files_then_rerun_loads_each_row_once(data_dir, lake_engine):
