@@ -92,3 +92,9 @@ def delete(location: str | Path) -> None:
 def upload_file(local_file: Path, target: str) -> None:
     filesystem, path = resolve(target)
     copy_files(str(local_file), path, source_filesystem=LocalFileSystem(), destination_filesystem=filesystem)
+
+
+def download_file(source: str, local_file: Path) -> None:
+    filesystem, path = resolve(source)
+    local_file.parent.mkdir(parents=True, exist_ok=True)
+    copy_files(path, str(local_file), source_filesystem=filesystem, destination_filesystem=LocalFileSystem())
