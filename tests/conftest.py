@@ -113,8 +113,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 # The longest test files (measured in CI's durations), longest first. pytest-xdist's `loadfile`
-# hands out files in collection order, so collecting these first keeps one long file from running
-# alone at the end. test_slim_ci comes late on purpose: it reuses test_environments' runs.
+# hands out files in collection order only with --no-loadscope-reorder (make test passes it; by
+# default it hands out the files with the most tests first), so collecting these first keeps one
+# long file from running alone at the end. test_slim_ci comes late on purpose: it reuses
+# test_environments' runs.
 LONGEST_FILES_FIRST = (
     "test_partial_sources.py",
     "test_flows.py",
