@@ -134,6 +134,7 @@ LONGEST_FILES_FIRST = (
     "test_football_api.py",
     "test_deploy.py",
     "test_secrets.py",
+    "test_warehouse_lock.py",
     "test_spark_cluster.py",
     "test_slim_ci.py",
 )
