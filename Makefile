@@ -113,9 +113,12 @@ run: setup $(PREFECT_DB)
 
 # Two workers by default (CI's 2 cores): the suite mostly waits on Spark, dbt and Prefect
 # subprocesses. A file's tests stay on one worker, so module-scoped databases are made once.
+# --no-loadscope-reorder: files are handed out in collection order (tests/conftest.py puts the
+# longest first); by default pytest-xdist hands out the files with the most tests first, which
+# left the long files with few tests (test_flows, test_make_run) running alone at the end.
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Measured figures, not assertions (bench/run.py); BENCH_ARGS="--events 200000" for a quick one.
 bench: setup

@@ -112,9 +112,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(name, targets, indirect=True, scope=scope)
 
 
-# The longest test files (measured in CI's durations), longest first. pytest-xdist's `loadfile`
-# hands out files in collection order, so collecting these first keeps one long file from running
-# alone at the end. test_slim_ci comes late on purpose: it reuses test_environments' runs.
+# The longest test files, longest first (CI's durations, then each file alone with -n 0 on a busy
+# 2-core machine, 2026-11-30); the files not listed follow in name order. pytest-xdist's
+# `loadfile` hands out files in collection order only with --no-loadscope-reorder (make test
+# passes it; by default it hands out the files with the most tests first), so collecting these
+# first keeps one long file from running alone at the end. test_slim_ci comes late on purpose:
+# it reuses test_environments' runs.
 LONGEST_FILES_FIRST = (
     "test_partial_sources.py",
     "test_flows.py",
@@ -122,12 +125,17 @@ LONGEST_FILES_FIRST = (
     "test_report_html.py",
     "test_schedules.py",
     "test_faults.py",
-    "test_make_run.py",
-    "test_vehicle_lake.py",
     "test_promote_postgres.py",
-    "test_lake_engines.py",
+    "test_vehicle_lake.py",
     "test_alerts.py",
+    "test_make_run.py",
+    "test_lake_engines.py",
     "test_football_csv_load.py",
+    "test_football_api.py",
+    "test_deploy.py",
+    "test_secrets.py",
+    "test_warehouse_lock.py",
+    "test_spark_cluster.py",
     "test_slim_ci.py",
 )
 

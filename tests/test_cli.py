@@ -30,6 +30,7 @@ def test_season_range_backfill_loads_what_exists_and_reports_the_rest(data_dir, 
     assert rows("select season, count(*) from raw_football.matches group by 1") == [("1920", expected)]
 
 
+@pytest.mark.one_target  # an argument error, refused before anything loads, whatever the warehouse
 def test_unknown_division_exits_with_the_valid_codes(data_dir):
     result = run_loaders("football-csv", "--seasons", "2425", "--divisions", "E0,PL")
     assert result.returncode == 2
@@ -49,6 +50,7 @@ def test_football_api_default_reads_the_bundled_sample_offline(data_dir):
     assert list((data_dir / "landing" / "football_api").rglob("*.json"))
 
 
+@pytest.mark.one_target  # an argument error, refused before anything loads, whatever the warehouse
 def test_football_api_unknown_competition_is_a_clear_error(data_dir):
     result = run_loaders("football-api", "--competitions", "PL,NOPE")
     assert result.returncode == 2

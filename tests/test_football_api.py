@@ -112,6 +112,7 @@ def test_a_changed_response_is_loaded_again(data_dir, replay_api):
     assert rows("select max(_dlt_load_id) from raw_football_api.teams") != first
 
 
+@pytest.mark.one_target  # the HTTP client's wait and retry; loads on each target are tested above
 def test_rate_limit_waits_for_the_counter_reset_then_retries(data_dir, replay_api):
     replay_api.fail(TEAMS_2002, Fault(429, headers={"X-RequestCounter-Reset": "1"}))
     started = time.monotonic()
@@ -121,6 +122,7 @@ def test_rate_limit_waits_for_the_counter_reset_then_retries(data_dir, replay_ap
     assert count("teams") == 18
 
 
+@pytest.mark.one_target  # fails in the HTTP client, before any load
 def test_a_429_storm_ends_in_a_clear_error_within_bounds(data_dir, replay_api):
     storm = [Fault(429, headers={"X-RequestCounter-Reset": "3600"}) for _ in range(10)]
     replay_api.fail(TEAMS_2002, *storm)
@@ -142,6 +144,7 @@ def test_a_competition_outside_the_plan_is_skipped_and_recorded(data_dir, replay
     assert count("skipped_requests", "status = 403 and url like '%/2013/teams%' and reason like '%restricted%'") == 1
 
 
+@pytest.mark.one_target  # the HTTP client's retries; loads on each target are tested above
 def test_server_errors_are_retried_with_backoff(data_dir, replay_api):
     replay_api.fail(MATCHES_BL1, Fault(503), Fault(502))
     load(replay_api, competitions=("BL1",))
@@ -158,6 +161,7 @@ def test_persistent_server_errors_fail_naming_the_url(data_dir, replay_api):
     assert "matches" not in tables()
 
 
+@pytest.mark.one_target  # fails in the HTTP client, before any load
 def test_timeouts_are_retried_then_fail_naming_the_url(data_dir, replay_api):
     replay_api.fail(TEAMS_2002, *[Fault(200, delay=1.0) for _ in range(2)])
     policy = RetryPolicy(max_attempts=2, backoff_factor=0.01, timeout=0.3)
@@ -190,6 +194,7 @@ def test_malformed_responses_fail_clearly_and_commit_nothing(data_dir, replay_ap
     assert tables() == set()  # teams and competitions were extracted too, yet nothing was loaded
 
 
+@pytest.mark.one_target  # refused before any request or load
 def test_live_mode_without_a_token_fails_before_any_request(data_dir, replay_api):
     with pytest.raises(FootballApiError, match="no API token"):
         load(replay_api, token=None)
@@ -229,6 +234,7 @@ def columns_containing(needle: str) -> list[str]:
     return found
 
 
+@pytest.mark.one_target  # refused before any load
 def test_unknown_competition_lists_what_is_available(data_dir, replay_api):
     with pytest.raises(FootballApiError, match=r"unknown competition\(s\) XYZ; available: BL1, BSA, CL"):
         load(replay_api, competitions=("BL1", "XYZ"))

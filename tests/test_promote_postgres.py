@@ -90,17 +90,26 @@ def promote(environments: dict, module: str = "orchestration.promote", **extra: 
     return run_module(module, environments["root"], "prod", PGDATABASE=environments["shared"], **ON_POSTGRES, **extra)
 
 
+@pytest.fixture(scope="module")
+def promoted(staging_on_postgres) -> dict:
+    """One promote of the staging run, with staging's marts and files as they were before it. Made
+    once for the module: the promote test checks its result, and the kill test starts from it (a
+    prod holding marts, which it then makes old)."""
+    staging_files = files_with_times(staging_on_postgres["root"] / "staging")
+    expected = marts_fingerprints(staging_on_postgres["staging"])
+    result = promote(staging_on_postgres)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"staging_files_before": staging_files, "staging_marts_before": expected}
+
+
 def test_a_staging_run_writes_its_own_database(staging_on_postgres):
     published = marts_fingerprints(staging_on_postgres["staging"])
     assert published and all(rows for rows, _ in published.values())
     assert "marts" not in schemas(staging_on_postgres["prod"])
 
 
-def test_promote_makes_prod_s_marts_equal_staging_s_in_prod_s_own_database(staging_on_postgres):
-    staging_files = files_with_times(staging_on_postgres["root"] / "staging")
-    expected = marts_fingerprints(staging_on_postgres["staging"])
-    result = promote(staging_on_postgres)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_promote_makes_prod_s_marts_equal_staging_s_in_prod_s_own_database(staging_on_postgres, promoted):
+    staging_files, expected = promoted["staging_files_before"], promoted["staging_marts_before"]
     assert marts_fingerprints(staging_on_postgres["prod"]) == expected
     assert marts_fingerprints(staging_on_postgres["staging"]) == expected
     assert files_with_times(staging_on_postgres["root"] / "staging") == staging_files
@@ -115,10 +124,8 @@ def test_promote_makes_prod_s_marts_equal_staging_s_in_prod_s_own_database(stagi
     assert (root / "prod" / "dbt_state" / "manifest.json").read_bytes() == manifest
 
 
-def test_a_kill_inside_the_promote_transaction_leaves_prod_all_old_and_a_rerun_all_new(staging_on_postgres):
+def test_a_kill_inside_the_promote_transaction_leaves_prod_all_old_and_a_rerun_all_new(staging_on_postgres, promoted):
     prod = staging_on_postgres["prod"]
-    first = promote(staging_on_postgres)
-    assert first.returncode == 0, first.stderr[-3000:]
     make_prod_distinct(prod)
     old = marts_fingerprints(prod)
     new = marts_fingerprints(staging_on_postgres["staging"])
