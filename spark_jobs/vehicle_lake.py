@@ -142,7 +142,7 @@ class BatchOutput:
     ingested_at: datetime
     data_folder: str
     rejected_folder: str
-    already_rejected: frozenset[str]  # source files whose rejected rows a crashed run already committed
+    already_rejected: frozenset[str]  # the batch's files whose rejected rows a crashed run already committed
 
 
 class SparkEngine:
@@ -223,7 +223,7 @@ def process_type(engine, lake, file_type: FileType, paths: list[Path], now: date
         ingested_at=now,
         data_folder=f"{table.location()}/data/batch_id={batch_id}",
         rejected_folder=f"{rejected_table.location()}/data/batch_id={batch_id}",
-        already_rejected=frozenset(in_rejected),
+        already_rejected=frozenset(path.name for path in todo if path.name in in_rejected),
     )
     bad_files = engine.write_batch(file_type, todo, output)
 
