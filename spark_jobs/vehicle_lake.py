@@ -44,6 +44,7 @@ from spark_jobs.record_rules import (
     NOT_AN_OBJECT,
     NOT_JSON_FILE,
     SPARK,
+    first_character_sql,
     no_records_key_problem,
     raw_record_sql,
     reason_sql,
@@ -114,7 +115,7 @@ def _parse_files(spark, file_type: FileType, paths: list[Path]):
     text = spark.read.text([p.resolve().as_uri() for p in paths], wholetext=True).select(
         F.element_at(F.split(F.col("_metadata.file_path"), "/"), -1).alias("source_file"), "value"
     )
-    first = F.substring(F.ltrim("value"), 1, 1)
+    first = F.expr(first_character_sql("value", SPARK))
     keys = file_type.record_keys
     as_array = _records(F.col("value"), record, None)
     keyed = _records(F.col("value"), record, keys) if keys else F.lit(None)
