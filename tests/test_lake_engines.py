@@ -105,6 +105,7 @@ def write_corpus(incoming: Path) -> dict:
     for name, (body, _) in DEFECTS.items():
         (incoming / name).write_text(body, encoding="latin-1" if "\xff" in body else "utf-8")
     return {
+        "good": {**manifest.good, "vehicles_trips": len(TRIPS_GOOD) + len(WHITESPACE_LED)},
         "rejected": {**manifest.rejected, "vehicles_trips": [reason for _, reason in TRIPS_BAD]},
         "failed_files": {**manifest.failed_files, **{name: reason for name, (_, reason) in DEFECTS.items()}},
     }
@@ -186,6 +187,7 @@ def test_each_engine_rejects_exactly_what_the_corpus_states(lakes, engine):
     for table, file_type in zip(TABLES, ("vehicles_events", "vehicles_status", "vehicles_trips"), strict=True):
         reasons = Counter(dict(row)["reason"] for row in lake["tables"][f"{table}_rejected"]["rows"].elements())
         assert reasons == Counter(lake["expected"]["rejected"][file_type]), (engine, table)
+        assert lake["tables"][table]["rows"].total() == lake["expected"]["good"][file_type], (engine, table)
     assert lake["failed"].keys() == lake["expected"]["failed_files"].keys()
     assert all(lake["failed"][name].startswith(reason) for name, reason in lake["expected"]["failed_files"].items())
     assert lake["waiting"] == []
