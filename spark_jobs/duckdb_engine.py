@@ -23,6 +23,7 @@ from spark_jobs.record_rules import (
     DUCKDB,
     NOT_AN_OBJECT,
     NOT_JSON_FILE,
+    first_character_sql,
     no_records_key_problem,
     raw_record_sql,
     reason_sql,
@@ -69,14 +70,13 @@ def _items_sql(record_keys_of_file: tuple[str, ...]) -> str:
 
 def files_sql(file_type: FileType) -> str:
     """One row per file: (source_file, file_problem, items)."""
-    # Spark's ltrim, like the Spark engine's first-character test, trims spaces only.
     return f"""
         with texts as (
             select parse_filename(filename) as source_file, try(decode(content)) as value
             from read_blob($paths)
         ),
         documents as (
-            select source_file, substr(ltrim(value, ' '), 1, 1) as first_character,
+            select source_file, {first_character_sql("value", DUCKDB)} as first_character,
                 try_cast(value as json) as document
             from texts
         ),

@@ -107,11 +107,16 @@ def committed_files(table: Table) -> set[str]:
 
 def commit_batch(table: Table, data_files: list[str], batch_id: str, source_files: list[str]) -> int:
     """One atomic snapshot adding the batch's Parquet files and recording its source files;
-    returns the number of records it added (from the snapshot summary)."""
+    returns the number of records it added (from the snapshot summary).
+
+    pyiceberg's duplicate-file check is skipped: it reads every manifest of the table, so each
+    commit would cost more as history grows, and it can never fire here, because an engine writes
+    each batch under a folder named by its new batch id. Rows committed twice are what the ledger
+    prevents (process_type sends no file the table's ledger has to an engine)."""
     properties = {BATCH_PROPERTY: batch_id, FILES_PROPERTY: json.dumps(sorted(source_files))}
     with table.transaction() as transaction:
         if data_files:
-            transaction.add_files(data_files, snapshot_properties=properties)
+            transaction.add_files(data_files, snapshot_properties=properties, check_duplicate_files=False)
         else:
             # Nothing to add (every record rejected): still record the files as committed.
             transaction.append(table.schema().as_arrow().empty_table(), snapshot_properties=properties)

@@ -25,6 +25,8 @@ NOT_AN_OBJECT_REASON = "record is not a JSON object"
 REASON_SEPARATOR = "; "
 # Why a whole file is refused, after it was read (empty and oversized files are refused before).
 NOT_JSON_FILE = "not valid JSON (truncated, or not JSON at all)"
+# JSON's whitespace is space, tab, LF and CR (RFC 8259); a regex both engines read alike.
+FIRST_AFTER_JSON_WHITESPACE = r"^[ \t\n\r]*([^ \t\n\r])"
 
 
 def no_records_key_problem(record_keys: tuple[str, ...]) -> str:
@@ -42,6 +44,11 @@ class Dialect:
     matches: Callable[[str, str], str]  # (text sql, pattern literal) -> true when the pattern is found in it
     parse: Mapping[str, Callable[[str], str]]  # field type -> (text sql) -> typed value, NULL when it does not parse
     record_as_json: Callable[[tuple[str, ...]], str]  # the record's keys -> its JSON text (NULL keys left out)
+
+
+def first_character_sql(text: str, dialect: Dialect) -> str:
+    """The first character of a text after JSON whitespace; '' when there is none."""
+    return f"regexp_extract({text}, {dialect.literal(FIRST_AFTER_JSON_WHITESPACE)}, 1)"
 
 
 def record_keys(file_type: FileType) -> tuple[str, ...]:

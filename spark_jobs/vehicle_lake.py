@@ -44,6 +44,7 @@ from spark_jobs.record_rules import (
     NOT_AN_OBJECT,
     NOT_JSON_FILE,
     SPARK,
+    first_character_sql,
     no_records_key_problem,
     raw_record_sql,
     reason_sql,
@@ -114,7 +115,7 @@ def _parse_files(spark, file_type: FileType, paths: list[Path]):
     text = spark.read.text([p.resolve().as_uri() for p in paths], wholetext=True).select(
         F.element_at(F.split(F.col("_metadata.file_path"), "/"), -1).alias("source_file"), "value"
     )
-    first = F.substring(F.ltrim("value"), 1, 1)
+    first = F.expr(first_character_sql("value", SPARK))
     keys = file_type.record_keys
     as_array = _records(F.col("value"), record, None)
     keyed = _records(F.col("value"), record, keys) if keys else F.lit(None)
@@ -142,7 +143,7 @@ class BatchOutput:
     ingested_at: datetime
     data_folder: str
     rejected_folder: str
-    already_rejected: frozenset[str]  # source files whose rejected rows a crashed run already committed
+    already_rejected: frozenset[str]  # the batch's files whose rejected rows a crashed run already committed
 
 
 class SparkEngine:
@@ -158,41 +159,59 @@ class SparkEngine:
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        rows = _parse_files(self.spark, file_type, paths).persist(StorageLevel.MEMORY_AND_DISK)
+        # Parsed and validated once: the good write fills the cache, the rest reads it.
+        rows = _validated_rows(_parse_files(self.spark, file_type, paths), file_type)
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        batch_id = F.lit(output.batch_id).alias("batch_id")
+        ingested_at = F.to_timestamp(F.lit(output.ingested_at.isoformat()))
         try:
-            bad_files = {
-                row.source_file: row.file_problem for row in rows.where("file_problem is not null").distinct().collect()
-            }
-            records = rows.where("file_problem is null and source_position is not null").withColumn(
-                "reason", F.expr(reason_sql(file_type, SPARK))
-            )
-            ingested_at = F.to_timestamp(F.lit(output.ingested_at.isoformat()))
-            good = (
-                records.where("reason = ''")
-                .select(
-                    *(F.expr(typed_sql(f, SPARK)).alias(f.name) for f in file_type.fields),
-                    "source_file",
-                    F.col("source_position").cast("bigint").alias("source_position"),
-                    F.lit(output.batch_id).alias("batch_id"),
-                    ingested_at.alias("ingested_at"),
-                )
-                .withColumn("day", F.to_date(file_type.time_column))
-            )
-            rejected = records.where(
-                f"reason <> '' and source_file not in ({_sql_list(output.already_rejected)})"
-            ).select(
+            good = rows.where("_elt_reason = ''").select(
+                *(f.name for f in file_type.fields),
                 "source_file",
-                F.col("source_position").cast("bigint").alias("source_position"),
-                "reason",
-                F.expr(raw_record_sql(file_type, SPARK)).alias("raw_record"),
-                F.lit(output.batch_id).alias("batch_id"),
+                "source_position",
+                batch_id,
+                ingested_at.alias("ingested_at"),
+                "day",
+            )
+            # One task per day, so one file per day (pyiceberg refuses a file spanning two days).
+            good.repartition("day").write.partitionBy("day").parquet(staged_output(output.data_folder))
+            rejected = rows.where(f"_elt_reason <> '' and source_file not in ({_sql_list(output.already_rejected)})")
+            rejected = rejected.select(
+                "source_file",
+                "source_position",
+                F.col("_elt_reason").alias("reason"),
+                F.col("_elt_raw_record").alias("raw_record"),
+                batch_id,
                 ingested_at.alias("rejected_at"),
             )
-            good.repartition("day").write.partitionBy("day").parquet(staged_output(output.data_folder))
-            rejected.coalesce(1).write.parquet(staged_output(output.rejected_folder))
+            # The few rejected rows are gathered into one task after the filter, not before.
+            rejected.repartition(1).write.parquet(staged_output(output.rejected_folder))
+            bad_files = rows.where("_elt_file_problem is not null").select("source_file", "_elt_file_problem")
+            return dict(bad_files.distinct().collect())
         finally:
             rows.unpersist()
-        return bad_files
+
+
+def _validated_rows(parsed, file_type: FileType):
+    """One row per record (or per refused file): its typed fields, lineage, day, its reason
+    ('' when valid, NULL for a refused file) and, when rejected, its raw record. The engine's own
+    columns start with "_elt_", which no registry field name can."""
+    from pyspark.sql import functions as F
+
+    is_record = F.col("file_problem").isNull() & F.col("source_position").isNotNull()
+    validated = parsed.select(
+        "record",
+        "source_file",
+        F.col("file_problem").alias("_elt_file_problem"),
+        F.col("source_position").cast("bigint").alias("source_position"),
+        F.when(is_record, F.expr(reason_sql(file_type, SPARK))).alias("_elt_reason"),
+        *(F.expr(typed_sql(f, SPARK)).alias(f.name) for f in file_type.fields),
+    )
+    return validated.select(
+        *(F.col(name) for name in validated.columns if name != "record"),
+        F.to_date(file_type.time_column).alias("day"),
+        F.when(F.col("_elt_reason") != "", F.expr(raw_record_sql(file_type, SPARK))).alias("_elt_raw_record"),
+    )
 
 
 def process_type(engine, lake, file_type: FileType, paths: list[Path], now: datetime) -> TypeReport:
@@ -223,7 +242,7 @@ def process_type(engine, lake, file_type: FileType, paths: list[Path], now: date
         ingested_at=now,
         data_folder=f"{table.location()}/data/batch_id={batch_id}",
         rejected_folder=f"{rejected_table.location()}/data/batch_id={batch_id}",
-        already_rejected=frozenset(in_rejected),
+        already_rejected=frozenset(path.name for path in todo if path.name in in_rejected),
     )
     bad_files = engine.write_batch(file_type, todo, output)
 

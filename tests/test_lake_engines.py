@@ -72,6 +72,11 @@ TRIPS_BAD = [
     ("a string", "record is not a JSON object"),
     (True, "record is not a JSON object"),
 ]
+# Files led by JSON whitespace other than spaces (space, tab, LF and CR, RFC 8259) load as any other.
+WHITESPACE_LED = {
+    "vehicles_trips_20251109020000.json": "\n\t [" + json.dumps({**TRIP, "trip_start": "2025-11-09T11:00:00Z"}) + "]",
+    "vehicles_trips_20251109030000.json": "\r\n" + json.dumps({"vehicles_trips": [{**TRIP, "kind": "long haul"}]}),
+}
 # Every rule kind the registry can express, as the reasons above and the generator's state them.
 EXPECTED_RULE_KINDS = (*RULE_KINDS, "is not a long: ", "is not a double: ", "is not a boolean: ")
 # File defects beyond the generator's (truncated, empty, misspelled records key), with their reasons.
@@ -95,9 +100,12 @@ def write_corpus(incoming: Path) -> dict:
     records = TRIPS_GOOD + [record for record, _ in TRIPS_BAD]
     (incoming / "vehicles_trips_20251109000000.json").write_text(json.dumps({"vehicles_trips": records[:6]}))
     (incoming / "vehicles_trips_20251109010000.json").write_text(json.dumps(records[6:]))  # a bare array
+    for name, body in WHITESPACE_LED.items():
+        (incoming / name).write_bytes(body.encode())
     for name, (body, _) in DEFECTS.items():
         (incoming / name).write_text(body, encoding="latin-1" if "\xff" in body else "utf-8")
     return {
+        "good": {**manifest.good, "vehicles_trips": len(TRIPS_GOOD) + len(WHITESPACE_LED)},
         "rejected": {**manifest.rejected, "vehicles_trips": [reason for _, reason in TRIPS_BAD]},
         "failed_files": {**manifest.failed_files, **{name: reason for name, (_, reason) in DEFECTS.items()}},
     }
@@ -179,11 +187,15 @@ def test_each_engine_rejects_exactly_what_the_corpus_states(lakes, engine):
     for table, file_type in zip(TABLES, ("vehicles_events", "vehicles_status", "vehicles_trips"), strict=True):
         reasons = Counter(dict(row)["reason"] for row in lake["tables"][f"{table}_rejected"]["rows"].elements())
         assert reasons == Counter(lake["expected"]["rejected"][file_type]), (engine, table)
+        assert lake["tables"][table]["rows"].total() == lake["expected"]["good"][file_type], (engine, table)
     assert lake["failed"].keys() == lake["expected"]["failed_files"].keys()
     assert all(lake["failed"][name].startswith(reason) for name, reason in lake["expected"]["failed_files"].items())
     assert lake["waiting"] == []
     trips = [dict(row) for row in lake["tables"]["vehicles_trips"]["rows"].elements()]
-    assert len(trips) == len(TRIPS_GOOD)
+    assert len(trips) == len(TRIPS_GOOD) + len(WHITESPACE_LED)
+    whitespace_led = {row["source_file"]: row for row in trips if row["source_file"] in WHITESPACE_LED}
+    assert whitespace_led.keys() == WHITESPACE_LED.keys()
+    assert whitespace_led["vehicles_trips_20251109030000.json"]["kind"] == "long haul"
     by_start = {row["trip_start"]: row for row in trips}
     assert by_start[datetime(2025, 11, 9, 9, 0, tzinfo=UTC)]["shared"] is True  # 1, read as Spark casts it
     assert by_start[datetime(2025, 11, 9, 9, 30, 0, 500000, tzinfo=UTC)]["passengers"] == 3
