@@ -21,7 +21,7 @@ peak RSS of the whole process tree, JVM included), each path into a warehouse of
 
 Prints a table and writes bench/results.json. Figures are measurements, not assertions.
 
-    python -m bench.run --crossover [--crossover-events 3000,30000,150000,600000]
+    python -m bench.run --crossover [--crossover-events 3000,200000,1000000,2000000,4000000]
 
 times the lake job alone on each engine (LAKE_ENGINE=duckdb, then spark) on the same batches of
 growing size, and writes the bytes of waiting JSON where Spark starts to win (the default of
@@ -86,13 +86,14 @@ PEER_COLUMNS = {
 # The lake job's fixed cost: a JVM and a local SparkSession that runs one trivial job.
 SPARK_START = "from spark_jobs.session import spark_session; spark_session('bench').range(1).count()"
 # The job's first stage alone (read the files, parse with the registry schema, one row per
-# record) and a count: what Spark needs at least before validating and writing anything.
+# record): what Spark needs at least before validating and writing anything. Each parsed record
+# is hashed, so that Spark builds every field (a bare count lets it prune the fields it parses).
 SPARK_PARSE = (
     "import sys; from pathlib import Path; from lake.registry import Registry;"
     " from spark_jobs.session import spark_session; from spark_jobs.vehicle_lake import _parse_files;"
     " spark = spark_session('bench'); registry = Registry();"
-    " print(sum(_parse_files(spark, registry.get(t), sorted(Path(sys.argv[1]).glob(t + '_*.json'))).count()"
-    " for t in ('vehicles_events', 'vehicles_status')))"
+    " print(sum(_parse_files(spark, registry.get(t), sorted(Path(sys.argv[1]).glob(t + '_*.json')))"
+    ".selectExpr('count(*)', 'sum(hash(record))').first()[0] for t in ('vehicles_events', 'vehicles_status')))"
 )
 
 
@@ -496,7 +497,7 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
     }
 
 
-CROSSOVER_EVENTS = "3000,30000,150000,600000"
+CROSSOVER_EVENTS = "3000,200000,1000000,2000000,4000000"
 EVENTS_PER_FILE = 10_000  # the main bench's files: 2M events in 200 files
 
 
