@@ -29,6 +29,7 @@ import socket
 import ssl
 import tempfile
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -511,18 +512,40 @@ def reasons_of_failed_files() -> dict[str, tuple[str, str]]:
     return {failed.name: (failed.file_type, failed.reason) for failed in failed_files()}
 
 
-# The outcome of each flow run in this process as it fills up, for its failure hook.
-_outcomes_so_far: dict[str, dict] = {}
+# The outcome dict of the latest flow runs in this process, as each fills it: a run that fails
+# still reports what it saw, and a completed run's outcome does not hang on its final state's
+# data, which Prefect replaces by the API's copy (without data) when the server rejects a
+# repeated Completed proposal. Bounded: a serving process runs flows for ever.
+_outcomes: OrderedDict[str, dict] = OrderedDict()
+KEPT_OUTCOMES = 32
 
 
 def outcome_so_far(outcome: dict) -> dict:
-    """Called by a flow with its outcome dict as it starts filling it: a run that fails at the gate
-    still reports the stale sources and failed files it saw before."""
+    """Called by a flow with its outcome dict as it starts filling it."""
     from prefect.runtime import flow_run
 
     if flow_run.id:
-        _outcomes_so_far[flow_run.id] = outcome
+        _outcomes[str(flow_run.id)] = outcome
+        while len(_outcomes) > KEPT_OUTCOMES:
+            _outcomes.popitem(last=False)
     return outcome
+
+
+def run_outcome(flow_run_id, state=None) -> dict:
+    """The outcome the run filled in; else its final state's result, when that has one."""
+    if (recorded := _outcomes.get(str(flow_run_id))) is not None:
+        return recorded
+    result = final_result(state) if state is not None else None
+    return result if isinstance(result, Mapping) else {}
+
+
+def final_result(state):
+    from prefect.exceptions import MissingResult
+
+    try:
+        return state.result(raise_on_failure=False)
+    except MissingResult:
+        return None
 
 
 def announce_run(flow, flow_run, observe: Callable[[str], Observation]) -> None:
@@ -533,15 +556,13 @@ def announce_run(flow, flow_run, observe: Callable[[str], Observation]) -> None:
 
 
 def on_completion(flow, flow_run, state) -> None:
-    _outcomes_so_far.pop(str(flow_run.id), None)
-    outcome = state.result()
-    outcome = outcome if isinstance(outcome, Mapping) else {}
+    outcome = run_outcome(flow_run.id, state)
     announce_run(flow, flow_run, lambda scope: observe_completed(scope, outcome, reasons_of_failed_files()))
 
 
 def on_failure(flow, flow_run, state) -> None:
-    outcome = _outcomes_so_far.pop(str(flow_run.id), {})
-    error = state.result(raise_on_failure=False)
+    outcome = run_outcome(flow_run.id)
+    error = final_result(state)
     error = error if isinstance(error, BaseException) else None
     announce_run(
         flow,
@@ -551,7 +572,6 @@ def on_failure(flow, flow_run, state) -> None:
 
 
 def on_crashed(flow, flow_run, state) -> None:
-    _outcomes_so_far.pop(str(flow_run.id), None)
     announce_run(flow, flow_run, lambda scope: observe_crashed(scope, state.message or ""))
 
 

@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     if not state.is_completed():
         print(f"error: the elt run ended {state.name}. {state.message}", file=sys.stderr)
         return 1
-    outcome = state.result()
+    outcome = alerts.run_outcome(state.state_details.flow_run_id, state)
     print_summary(outcome)
     print(
         f"Pipeline time: {outcome['seconds']:.1f}s in the elt flow run, "

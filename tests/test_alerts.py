@@ -304,3 +304,22 @@ def test_the_webhook_url_can_come_from_the_secret_manager(
     assert "ELT_ALERT_WEBHOOK_URL" not in os.environ
     assert "secret-token" not in caplog.text
     assert not any("secret-token" in path.read_text() for path in Path(data_dir).rglob("*") if path.is_file())
+
+
+def test_a_completed_run_s_outcome_survives_a_final_state_read_back_without_its_data(prefect_api):
+    """Prefect hands back the API's copy of the final state, which holds no data, when the server
+    rejects a repeated Completed proposal: the hook and the CLI read the outcome the run filled."""
+    from prefect import flow, get_client
+    from prefect.exceptions import MissingResult
+
+    @flow
+    def fills_its_outcome() -> dict:
+        return alerts.outcome_so_far({"tables": [{"table": "marts.daily_summary", "rows": 3}]})
+
+    state = fills_its_outcome(return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        from_the_api = client.read_flow_run(flow_run_id).state
+    with pytest.raises(MissingResult):
+        from_the_api.result()
+    assert alerts.run_outcome(flow_run_id, from_the_api) == {"tables": [{"table": "marts.daily_summary", "rows": 3}]}
