@@ -393,10 +393,17 @@ def late_hour(folder: Path, events: int, files: int, seed: int, fleet_seed: int,
     return manifest.good
 
 
-def daily_summary_state(env: dict[str, str]) -> tuple[int, str]:
-    """Rows of the dbt-built daily_summary and the newest batch any of them comes from."""
-    rows, newest = warehouse_value(env, "select count(*), max(last_batch_id) from marts.daily_summary").split()
-    return int(rows), newest
+DAILY_SUMMARY_STATE = (
+    "select count(*), max(last_batch_id), count(*) filter (where last_batch_id ="
+    " (select max(last_batch_id) from marts.daily_summary)) from marts.daily_summary"
+)
+
+
+def daily_summary_state(env: dict[str, str]) -> tuple[int, str, int]:
+    """Rows of the dbt-built daily_summary, the newest batch any of them comes from, and the rows
+    that newest batch last wrote (one query)."""
+    rows, newest, of_newest = warehouse_value(env, DAILY_SUMMARY_STATE).split()
+    return int(rows), newest, int(of_newest)
 
 
 def flow_steps(output: str) -> dict[str, float]:
@@ -432,14 +439,13 @@ def run_scale(events: int, files: int, seed: int, work: Path) -> dict:
     row_records, row_wall = row_at_a_time(source, work)
 
     full = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
-    summary_rows, newest_before = daily_summary_state(env)
+    summary_rows, newest_before, _ = daily_summary_state(env)
     late_records = late_hour(work / "late_hour", events, files, seed + 1, seed, hour=files // 2)
     stage(work / "late_hour", data_dir / "incoming")
     late = json_to_warehouse(data_dir, "auto")
     check_loaded(env, records + sum(late_records.values()), "DuckDB after the late hour")
     incremental = measure(dbt("build", "--selector", "vehicles", data_dir=data_dir), env)
-    rows_after, newest = daily_summary_state(env)
-    replaced = int(warehouse_value(env, f"select count(*) from marts.daily_summary where last_batch_id = '{newest}'"))
+    rows_after, newest, replaced = daily_summary_state(env)
     if rows_after != summary_rows or newest == newest_before or not replaced:
         raise RuntimeError(
             f"the late hour must replace existing vehicle-days: {summary_rows} → {rows_after} rows, {replaced} replaced"
