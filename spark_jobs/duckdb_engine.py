@@ -1,17 +1,19 @@
 """The lake job's in-process engine: DuckDB writes a small batch with no JVM to start.
 
 The same batch as the Spark engine (spark_jobs/vehicle_lake.py), read the same way: each file
-as one text, its records from a bare array or from under a records key, one row per record with
-every key the registry reads as text. Validation, typed values and raw records are the SQL
-spark_jobs/record_rules.py compiles from the registry, in DuckDB's dialect; the Parquet it writes
-(one file per day, timestamps as UTC microseconds, no field ids) is what pyiceberg's add_files
-takes from Spark. Only extensions built into the wheel are used (json, parquet, icu): DuckDB
-must not download any (DESIGN §4).
+as one text, its records from a bare array or from under a records key, every key the registry
+reads as text. Each document is parsed once, straight into its records' structs; typed values,
+reasons and raw records are the SQL spark_jobs/record_rules.py compiles from the registry, in
+DuckDB's dialect, each computed once for both writes. The Parquet it writes (one file per day,
+timestamps as UTC microseconds, no field ids) is what pyiceberg's add_files takes from Spark.
+Only extensions built into the wheel are used (json, parquet, icu): DuckDB must not download any
+(DESIGN §4).
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -43,99 +45,141 @@ def _quoted(text: str) -> str:
     return DUCKDB.literal(text)
 
 
-def _json_path_text(key: str) -> str:
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _json_path(key: str) -> str:
-    return _quoted(_json_path_text(key))
+    return _quoted('$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"[*]')
 
 
-def _items_sql(record_keys_of_file: tuple[str, ...]) -> str:
-    """A file's records as a list of JSON values: the elements of the document when it is an
-    array, else of the first records key holding one; NULL when there are none. (A valid
-    document's first character tells an array from an object, without parsing it again.)"""
-    under_a_key = [
-        f"when json_type(document, {_json_path(key)}) = 'ARRAY' "
-        f"then json_extract(document, {_quoted(_json_path_text(key) + '[*]')})"
-        for key in record_keys_of_file
-    ]
-    keyed = f"case {' '.join(under_a_key)} end" if under_a_key else "null"
-    return (
-        "case when document is null then null "
-        "when first_character = '[' then json_extract(document, '$[*]') "
-        f"when first_character = '{{' then {keyed} end"
+def _record_struct(file_type: FileType) -> dict[str, str]:
+    """Every key the registry reads, as text (a nested value as its JSON text)."""
+    return dict.fromkeys(record_keys(file_type), "VARCHAR")
+
+
+def _files_sql(file_type: FileType) -> str:
+    """One row per file: (source_file, file_problem, records, elements). Each document is parsed
+    once, straight into the records' structs: the elements of a bare array, else of the first
+    records key holding an array. An element that is not an object comes out as a struct with
+    every key NULL (or NULL itself), so a file holding such a struct keeps its elements' JSON
+    texts too, to tell them apart (the rare slow path; a valid document's first character tells
+    an array from an object without parsing it again)."""
+    record = _record_struct(file_type)
+    keys = file_type.record_keys
+    keyed = _quoted(json.dumps({key: [record] for key in keys}))
+    under_keys = [f"keyed.{DUCKDB.column(key)}" for key in keys]
+    elements_under_keys = " ".join(
+        f"when keyed.{DUCKDB.column(key)} is not null then json_extract(value, {_json_path(key)})" for key in keys
     )
-
-
-def files_sql(file_type: FileType) -> str:
-    """One row per file: (source_file, file_problem, items)."""
+    all_keys_null = " and ".join(f"r.{DUCKDB.column(key)} is null" for key in record)
+    # A JSON object: parsed under the records keys, or only checked when the type has none.
+    as_object = f"try(json_transform(value, {keyed}))" if keys else "case when json_valid(value) then {} end"
     return f"""
         with texts as (
             select parse_filename(filename) as source_file, try(decode(content)) as value
             from read_blob($paths)
         ),
         documents as (
-            select source_file, {first_character_sql("value", DUCKDB)} as first_character,
-                try_cast(value as json) as document
-            from texts
+            select source_file, value, {first_character_sql("value", DUCKDB)} as first_character from texts
         ),
-        files as (select source_file, first_character, document,
-            {_items_sql(file_type.record_keys)} as items from documents)
+        parsed as (
+            select source_file, value, first_character,
+                case when first_character = '[' then try(json_transform(value, {_quoted(json.dumps([record]))}))
+                    end as bare_array,
+                case when first_character = '{{' then {as_object} end as keyed
+            from documents
+        ),
+        files as (
+            select source_file, value, first_character, keyed,
+                coalesce(bare_array, {", ".join(under_keys) or "null"}) as records
+            from parsed
+        )
         select source_file,
-            case when items is not null then null
-                when first_character = '{{' and document is not null
-                    then {_quoted(no_records_key_problem(file_type.record_keys))}
+            case when records is not null then null
+                when keyed is not null then {_quoted(no_records_key_problem(keys))}
                 else {_quoted(NOT_JSON_FILE)} end as file_problem,
-            items
+            records,
+            case when list_bool_or(list_transform(records, r -> r is null or ({all_keys_null}))) then
+                case when first_character = '[' then json_extract(value, '$[*]') {elements_under_keys} end
+            end as elements
         from files
     """
 
 
-def records_sql(file_type: FileType) -> str:
-    """One row per record of the files that are fine: its position, whether it is an object
-    (_elt_record NULL when not) and each key the registry reads, as text (nested values as
-    their JSON text), parsed once per record."""
+def _typed_column(f) -> str:
+    # Registry field names cannot start with "_": no clash with a record's keys.
+    return DUCKDB.column(f"_elt_typed_{f.name}")
+
+
+def batch_rows_sql(file_type: FileType) -> str:
+    """One row per record, or per refused file (its _elt_file_problem set): its position, its
+    typed fields, its reason ('' when valid) and, when rejected, its raw record. The text of each
+    key is read once from the parsed struct; each typed value is computed once, for the reason
+    and the good write."""
     keys = record_keys(file_type)
-    as_text = _quoted(json.dumps(dict.fromkeys(keys, "VARCHAR")))
 
     def key_column(key: str) -> str:
-        value = f"text_values.{DUCKDB.column(key)}"
+        value = f"record.{DUCKDB.column(key)}"
         if key == NOT_AN_OBJECT:  # an element that is not an object keeps its raw text here
             value = f"case when is_object then {value} else json_extract_string(element, '$') end"
         return f"{value} as {DUCKDB.column(key)}"
 
+    typed = ", ".join(f"{typed_sql(f, DUCKDB)} as {_typed_column(f)}" for f in file_type.fields)
+    fields = ", ".join(f"{_typed_column(f)} as {DUCKDB.column(f.name)}" for f in file_type.fields)
     return f"""
-        with elements as (
-            select source_file, unnest(range(len(items))) as source_position, unnest(items) as element
-            from batch_files where file_problem is null
+        with files as ({_files_sql(file_type)}),
+        elements as (
+            select source_file, file_problem,
+                unnest(range(len(coalesce(records, [null])))) as position,
+                unnest(coalesce(records, [null])) as record,
+                unnest(elements) as element
+            from files
         ),
-        objects as (select *, json_type(element) = 'OBJECT' as is_object from elements),
-        parsed as (
-            select *, case when is_object then json_transform(element, {as_text}) end as text_values from objects
+        objects as (
+            select *, element is null or json_type(element) = 'OBJECT' as is_object from elements
+        ),
+        texts as (
+            select source_file, file_problem, position,
+                case when is_object and file_problem is null then true end as _elt_record,
+                {", ".join(key_column(key) for key in keys)}
+            from objects
+        ),
+        typed as (select *, {typed} from texts),
+        validated as (
+            select *, case when file_problem is null then {reason_sql(file_type, DUCKDB, _typed_column)} end as reason
+            from typed
         )
-        select source_file, source_position, case when is_object then true end as _elt_record,
-            {", ".join(key_column(key) for key in keys)}
-        from parsed
+        select source_file, file_problem as _elt_file_problem,
+            case when file_problem is null then position end as source_position,
+            {fields}, reason as _elt_reason,
+            case when reason <> '' then {raw_record_sql(file_type, DUCKDB)} end as _elt_raw_record
+        from validated
     """
 
 
 def good_rows_sql(file_type: FileType) -> str:
-    fields = ", ".join(f"{typed_sql(f, DUCKDB)} as {DUCKDB.column(f.name)}" for f in file_type.fields)
+    fields = ", ".join(DUCKDB.column(f.name) for f in file_type.fields)
+    day = f"cast({DUCKDB.column(file_type.time_column)} as date)"  # a UTC day: the session zone is UTC
     return f"""
-        select {fields}, source_file, source_position::bigint as source_position,
-            $batch_id as batch_id, $ingested_at::timestamptz as ingested_at
-        from batch_records where reason = ''
+        select {fields}, source_file, source_position, $batch_id as batch_id,
+            $ingested_at::timestamptz as ingested_at, {day} as day
+        from batch_rows where _elt_reason = ''
     """
 
 
-def rejected_rows_sql(file_type: FileType) -> str:
-    return f"""
-        select source_file, source_position::bigint as source_position, reason,
-            {raw_record_sql(file_type, DUCKDB)} as raw_record,
+REJECTED_ROWS = """
+        select source_file, source_position, _elt_reason as reason, _elt_raw_record as raw_record,
             $batch_id as batch_id, $ingested_at::timestamptz as rejected_at
-        from batch_records where reason <> '' and not list_contains($already_rejected, source_file)
-    """
+        from batch_rows where _elt_reason <> '' and not list_contains($already_rejected, source_file)
+"""
+
+
+def split_by_size(paths: list[Path], parts: int) -> list[list[Path]]:
+    """At most `parts` groups of about equal bytes (the largest file first into the lightest group)."""
+    groups: list[list[Path]] = [[] for _ in range(min(parts, len(paths)))]
+    sizes = [0] * len(groups)
+    for path in sorted(paths, key=lambda p: p.stat().st_size, reverse=True):
+        lightest = sizes.index(min(sizes))
+        groups[lightest].append(path)
+        sizes[lightest] += path.stat().st_size
+    return groups
 
 
 class DuckDBEngine:
@@ -143,51 +187,65 @@ class DuckDBEngine:
 
     def __init__(self) -> None:
         self.connection = duckdb.connect(config=engine_config())
-        # Naive times are UTC, as in Spark's session zone (DESIGN §4).
-        self.connection.execute("set TimeZone = 'UTC'")
+        # Naive times are UTC, as in Spark's session zone (DESIGN §4), on every connection
+        # (a cursor starts from the global settings, not from this connection's).
+        self.connection.execute("set global TimeZone = 'UTC'")
+        self.threads = self.connection.execute("select current_setting('threads')").fetchone()[0]
 
     def write_batch(self, file_type: FileType, paths: list[Path], output) -> dict[str, str]:
         """Good rows as Parquet, one file per day, and rejected rows in one file; returns the
         files that are no batch at all (not JSON, no records key) with their reason."""
-        bad_files = self._read(file_type, paths)
+        bad_files, tables = self._read(file_type, paths)
         parameters = {"batch_id": output.batch_id, "ingested_at": output.ingested_at.isoformat()}
         self._write_good_rows(file_type, parameters, _local_folder(staged_output(output.data_folder)))
         self._write_rejected_rows(
-            file_type,
             {**parameters, "already_rejected": sorted(output.already_rejected)},
             _local_folder(staged_output(output.rejected_folder)),
         )
-        self.connection.execute("drop table batch_records")
+        self.connection.execute("drop view batch_rows")
+        for table in tables:
+            self.connection.execute(f"drop table {table}")
         return bad_files
 
-    def _read(self, file_type: FileType, paths: list[Path]) -> dict[str, str]:
-        """The batch's records with their reasons, computed once for both writes, in the temp
-        table batch_records; returns the files refused whole."""
-        db = self.connection
-        files = {"paths": [str(path) for path in paths]}
-        db.execute(f"create or replace temp table batch_files as {files_sql(file_type)}", files)
-        refused = db.execute("select source_file, file_problem from batch_files where file_problem is not null")
-        bad_files = dict(refused.fetchall())
-        db.execute(f"create or replace temp view batch_elements as {records_sql(file_type)}")
-        reason = reason_sql(file_type, DUCKDB)
-        db.execute(f"create or replace temp table batch_records as select *, {reason} as reason from batch_elements")
-        db.execute("drop view batch_elements")
-        db.execute("drop table batch_files")
-        return bad_files
+    def _read(self, file_type: FileType, paths: list[Path]) -> tuple[dict[str, str], list[str]]:
+        """The batch's rows, parsed and validated once for both writes, in tables of its parts;
+        returns the files refused whole and the parts' tables (the view batch_rows unites them).
+
+        DuckDB reads a list of files on one thread (its other threads only add overhead there),
+        so each of its threads reads a part of the batch of about equal bytes, on a connection of
+        its own; the writes then run on all threads again."""
+        parts = split_by_size(paths, self.threads)
+        tables = [f"batch_rows_{number}" for number in range(len(parts))]
+        statement = batch_rows_sql(file_type)
+
+        def read_part(table: str, part: list[Path]) -> None:
+            with self.connection.cursor() as connection:
+                connection.execute(f"create table {table} as {statement}", {"paths": [str(p) for p in part]})
+
+        self.connection.execute("set global threads = 1")
+        try:
+            with ThreadPoolExecutor(len(parts)) as pool:
+                list(pool.map(read_part, tables, parts))
+        finally:
+            self.connection.execute(f"set global threads = {self.threads}")
+        self.connection.execute(f"create view batch_rows as {' union all '.join(f'from {t}' for t in tables)}")
+        refused = self.connection.execute(
+            "select distinct source_file, _elt_file_problem from batch_rows where _elt_file_problem is not null"
+        )
+        return dict(refused.fetchall()), tables
 
     def _write_good_rows(self, file_type: FileType, parameters: dict, folder: Path) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        day = f"cast({DUCKDB.column(file_type.time_column)} as date)"  # a UTC day: the session zone is UTC
         self.connection.execute(
-            f"copy (select *, {day} as day from ({good_rows_sql(file_type)})) to {_quoted(str(folder))} "
+            f"copy ({good_rows_sql(file_type)}) to {_quoted(str(folder))} "
             "(format parquet, partition_by (day), filename_pattern 'part-{uuid}')",
             parameters,
         )
 
-    def _write_rejected_rows(self, file_type: FileType, parameters: dict, folder: Path) -> None:
+    def _write_rejected_rows(self, parameters: dict, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.connection.execute(
-            f"copy ({rejected_rows_sql(file_type)}) to {_quoted(str(folder / 'part-00000.parquet'))} (format parquet)",
+            f"copy ({REJECTED_ROWS}) to {_quoted(str(folder / 'part-00000.parquet'))} (format parquet)",
             parameters,
         )
 

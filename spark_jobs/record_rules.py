@@ -66,15 +66,16 @@ def typed_sql(f: Field, dialect: Dialect) -> str:
     return dialect.parse[f.type](value_sql(f, dialect))
 
 
-def _field_checks(f: Field, dialect: Dialect) -> list[str]:
-    """One SQL expression per rule of the field: its reason text when broken, else NULL."""
+def _field_checks(f: Field, dialect: Dialect, typed: str) -> list[str]:
+    """One SQL expression per rule of the field (`typed` its typed value): its reason text when
+    broken, else NULL."""
     value, text = value_sql(f, dialect), dialect.literal
     checks = []
     if not f.nullable:
         checks.append(f"case when {value} is null then {text(f'{f.name} is missing')} end")
     if f.type not in ("string", "json"):
         checks.append(
-            f"case when {value} is not null and {typed_sql(f, dialect)} is null "
+            f"case when {value} is not null and {typed} is null "
             f"then {text(f'{f.name} is not a {f.type}: ')} || {value} end"
         )
     if f.pattern:
@@ -95,10 +96,12 @@ def not_an_object_sql(dialect: Dialect) -> str:
     return f"({dialect.record} is null or {dialect.column(NOT_AN_OBJECT)} is not null)"
 
 
-def reason_sql(file_type: FileType, dialect: Dialect) -> str:
+def reason_sql(file_type: FileType, dialect: Dialect, typed: Callable[[Field], str] | None = None) -> str:
     """Every broken rule's reason joined with '; ', empty when the record is valid; a record that
-    is not an object has that one reason, not one per field as well."""
-    checks = [check for f in file_type.fields for check in _field_checks(f, dialect)]
+    is not an object has that one reason, not one per field as well. `typed` names a field's typed
+    value where an engine has computed it already (by default it is parsed here)."""
+    typed = typed or (lambda f: typed_sql(f, dialect))
+    checks = [check for f in file_type.fields for check in _field_checks(f, dialect, typed(f))]
     joined = f"concat_ws({dialect.literal(REASON_SEPARATOR)}, {', '.join(checks)})" if checks else "''"
     return f"case when {not_an_object_sql(dialect)} then {dialect.literal(NOT_AN_OBJECT_REASON)} else {joined} end"
 

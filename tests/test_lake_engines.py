@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +26,7 @@ from lake.registry import Field, FileType, Registry
 from loaders.vehicles.generate import generate
 from spark_jobs.duckdb_engine import NO_DOWNLOADS
 from spark_jobs.record_rules import DUCKDB, SPARK, raw_record_sql, typed_sql
-from spark_jobs.vehicle_lake import choose_engine
-from spark_jobs.vehicle_lake import run as run_lake_job
+from spark_jobs.vehicle_lake import TypeReport, choose_engine
 
 from .test_vehicle_lake import RULE_KINDS
 
@@ -60,6 +61,8 @@ TRIPS_GOOD = [
     {**TRIP, "trip_start": "2025-11-10", "passengers": 1.0, "distance_km": 3, "shared": "F", "route": "text"},
 ]
 TRIPS_BAD = [
+    # An object without any registry key, in a file with no element that is not an object.
+    ({"note": "no registry key"}, "vehicle_id is missing; trip_start is missing"),
     ({**TRIP, "passengers": "two"}, "passengers is not a long: two"),
     ({**TRIP, "distance_km": "far"}, "distance_km is not a double: far"),
     ({**TRIP, "shared": "maybe"}, "shared is not a boolean: maybe"),
@@ -142,6 +145,26 @@ def failed_files() -> dict[str, str]:
 
 
 TABLES = ("vehicle_events", "vehicle_status", "vehicles_trips")
+# Both engines must read a naive time as UTC on a machine whose own zone is not UTC.
+MACHINE_ZONE = "Asia/Tokyo"
+RUN_LAKE_JOB = (
+    "import dataclasses, json; from spark_jobs.vehicle_lake import run;"
+    " print(json.dumps([dataclasses.asdict(report) for report in run()]))"
+)
+
+
+def run_lake_job_elsewhere() -> dict[str, TypeReport]:
+    """The lake job in a process of its own, in the machine zone MACHINE_ZONE (a zone is read
+    once per process), on this process's data dir and engine; its reports by file type."""
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_LAKE_JOB],
+        env={**os.environ, "TZ": MACHINE_ZONE},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [TypeReport(**report) for report in json.loads(done.stdout.splitlines()[-1])]
+    return {report.file_type: report for report in reports}
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +182,7 @@ def lakes(tmp_path_factory: pytest.TempPathFactory) -> dict:
             Registry().sync_seed()
             Registry().register(TRIPS, origin="test")
             discover()
-            reports = {report.file_type: report for report in run_lake_job()}
+            reports = run_lake_job_elsewhere()
             assert {report.engine for report in reports.values()} == {engine}
             results[engine] = {
                 "expected": expected,
