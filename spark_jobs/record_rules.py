@@ -163,10 +163,17 @@ def _spark_trimmed(value: str) -> str:
     return f"regexp_replace({value}, '^{_SPARK_BLANK}+|{_SPARK_BLANK}+$', '', 'g')"
 
 
+# The usual text, taken by a plain cast: the same value as the Spark-accepted-text path below
+# gives it, since it has no blanks to trim and needs no completing (a subset of what that path reads).
+_PLAIN_LONG = "[+-]?[0-9]{1,18}"
+_PLAIN_TIMESTAMP = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{1,6})?Z"
+
+
 def _duckdb_long(value: str) -> str:
     trimmed = _spark_trimmed(value)
     return (
-        f"case when regexp_full_match({trimmed}, '[+-]?([0-9]+([.][0-9]*)?|[.][0-9]*)') "
+        f"case when regexp_full_match({value}, '{_PLAIN_LONG}') then cast({value} as bigint) "
+        f"when regexp_full_match({trimmed}, '[+-]?([0-9]+([.][0-9]*)?|[.][0-9]*)') "
         f"then try_cast(coalesce(nullif(regexp_extract({trimmed}, '^[+-]?[0-9]+'), ''), '0') as bigint) end"
     )
 
@@ -200,7 +207,10 @@ def _duckdb_timestamp(value: str) -> str:
         f"when regexp_full_match({trimmed}, '[0-9]{{4}}-[0-9]{{1,2}}') then {trimmed} || '-01' "
         f"else {trimmed} end, ' ?(UTC|GMT)$', 'Z')"
     )
-    return f"case when regexp_full_match({trimmed}, '{_SPARK_TIMESTAMP}') then try_cast({completed} as timestamptz) end"
+    return (
+        f"case when regexp_full_match({value}, '{_PLAIN_TIMESTAMP}') then try_cast({value} as timestamptz) "
+        f"when regexp_full_match({trimmed}, '{_SPARK_TIMESTAMP}') then try_cast({completed} as timestamptz) end"
+    )
 
 
 def _duckdb_record_as_json(keys: tuple[str, ...]) -> str:
