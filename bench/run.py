@@ -62,8 +62,7 @@ VEHICLE_PATH = """
 import sys, time
 started = time.perf_counter()
 from lake import files
-from loaders.pipelines import pipeline
-from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 from spark_jobs.vehicle_lake import run
 marks = [time.perf_counter()]
 if "--stage-sample" in sys.argv:
@@ -72,7 +71,7 @@ files.discover()
 marks.append(time.perf_counter())
 engines = {report.engine for report in run()}
 marks.append(time.perf_counter())
-pipeline("vehicles_lake", DATASET).run(vehicles_lake())
+lake_pipeline().run(vehicles_lake())
 marks.append(time.perf_counter())
 print("engines", *sorted(engines))
 print("seconds", *(end - begin for begin, end in zip([started, *marks], marks)))

@@ -93,9 +93,9 @@ def _vehicles(args: argparse.Namespace) -> int:
             f"{len(report.failed)} failed, new types: {', '.join(report.registered) or 'none'}"
         )
     elif args.step == "load":
-        from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+        from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 
-        print(pipeline("vehicles_lake", DATASET).run(vehicles_lake()))
+        print(lake_pipeline().run(vehicles_lake()))
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 
 import dlt
 from dlt.common.destination import Destination
+from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 from core.settings import data_dir, postgres_credentials, target, warehouse_path
 
@@ -22,19 +23,22 @@ def dlt_postgres_credentials():
     return credentials
 
 
-def destination() -> Destination:
+def destination(keep_insertion_order: bool = True) -> Destination:
+    """The warehouse. Without an insertion order to keep, DuckDB inserts on all its threads at
+    once (append-only rows with no order to them; a merge's deduplication keeps the order)."""
     if target() == "postgres":
         return dlt.destinations.postgres(credentials=dlt_postgres_credentials())
     warehouse_path().parent.mkdir(parents=True, exist_ok=True)
-    return dlt.destinations.duckdb(str(warehouse_path()))
+    config = {} if keep_insertion_order else {"preserve_insertion_order": False}
+    return dlt.destinations.duckdb(DuckDbCredentials(str(warehouse_path()), global_config=config))
 
 
-def pipeline(name: str, dataset_name: str) -> dlt.Pipeline:
+def pipeline(name: str, dataset_name: str, keep_insertion_order: bool = True) -> dlt.Pipeline:
     """A dlt pipeline whose local state lives under the data dir, so data dirs stay independent."""
     return dlt.pipeline(
         pipeline_name=name,
         pipelines_dir=str(data_dir() / ".dlt_pipelines"),
-        destination=destination(),
+        destination=destination(keep_insertion_order),
         dataset_name=dataset_name,
         progress=progress_collector(),
     )

@@ -100,9 +100,9 @@ def run_lake_job() -> list[dict]:
 @task(retries=2, retry_delay_seconds=[5, 30])
 @writes_to_warehouse
 def load_lake_to_warehouse() -> int:
-    from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+    from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 
-    load = pipeline("vehicles_lake", DATASET)
+    load = lake_pipeline()
     load.run(vehicles_lake())
     return rows_loaded(load)
 

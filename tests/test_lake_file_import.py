@@ -18,9 +18,8 @@ from pyiceberg.types import StringType
 from core import storage
 from lake.catalog import NAMESPACE, catalog
 from lake.files import discover, state_dir
-from loaders.pipelines import pipeline
 from loaders.vehicles.generate import generate
-from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows
@@ -43,7 +42,7 @@ def lake_batch(seed: int, start: datetime, files: int = 3, events_per_file: int 
 
 
 def load() -> None:
-    pipeline("vehicles_lake", DATASET).run(vehicles_lake())
+    lake_pipeline().run(vehicles_lake())
 
 
 def lake_identities(table_name: str) -> Counter:

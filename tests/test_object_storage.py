@@ -12,7 +12,7 @@ from lake.catalog import NAMESPACE, catalog
 from lake.files import discover, state_dir
 from loaders.pipelines import pipeline
 from loaders.vehicles.generate import generate
-from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 from spark_jobs.lake_commit import committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
@@ -102,7 +102,7 @@ def test_the_lake_commits_to_s3_and_loads_into_the_warehouse(data_dir, s3, monke
     )
     assert accounted == len(set(manifest.files))
 
-    pipeline("vehicles_lake", DATASET).run(vehicles_lake())
+    lake_pipeline().run(vehicles_lake())
     assert rows("select count(*) from raw_vehicles.vehicle_events") == [(manifest.good["vehicles_events"],)]
 
     # An uploaded file that never got committed (a job killed before its commit) is an orphan.

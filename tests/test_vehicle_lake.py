@@ -20,10 +20,9 @@ from pyiceberg.exceptions import NoSuchTableError
 from lake.catalog import NAMESPACE, catalog
 from lake.files import discover, state_dir
 from lake.registry import Registry
-from loaders.pipelines import pipeline
 from loaders.query import load_extensions
 from loaders.vehicles.generate import generate
-from loaders.vehicles.warehouse_load import DATASET, vehicles_lake
+from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 from spark_jobs.lake_commit import committed_files
 from spark_jobs.vehicle_lake import run as run_lake_job
 
@@ -43,7 +42,7 @@ pytestmark = pytest.mark.integration
 
 
 def load_lake_into_warehouse():
-    return pipeline("vehicles_lake", DATASET).run(vehicles_lake())
+    return lake_pipeline().run(vehicles_lake())
 
 
 def table(name: str):

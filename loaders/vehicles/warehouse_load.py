@@ -34,6 +34,7 @@ from pyiceberg.table import FileScanTask, Table
 from core import storage
 from core.settings import data_dir
 from lake.catalog import NAMESPACE, catalog, identifier
+from loaders.pipelines import pipeline
 
 DATASET = "raw_vehicles"
 CURSOR = "batch_id"
@@ -141,6 +142,11 @@ def lake_table(lake: Catalog, table_name: str):
 
     files.__doc__ = f"Parquet files of the lake table {identifier(table_name)} with rows committed since the last load."
     return files
+
+
+def lake_pipeline() -> dlt.Pipeline:
+    """The pipeline that loads vehicles_lake; its rows are append-only, in no order."""
+    return pipeline("vehicles_lake", DATASET, keep_insertion_order=False)
 
 
 @dlt.source(name="vehicles_lake")
