@@ -30,6 +30,7 @@ from spark_jobs.record_rules import (
     raw_record_sql,
     reason_sql,
     record_keys,
+    typed_name,
     typed_sql,
 )
 
@@ -104,8 +105,7 @@ def _files_sql(file_type: FileType) -> str:
 
 
 def _typed_column(f) -> str:
-    # Registry field names cannot start with "_": no clash with a record's keys.
-    return DUCKDB.column(f"_elt_typed_{f.name}")
+    return DUCKDB.column(typed_name(f))
 
 
 def batch_rows_sql(file_type: FileType) -> str:
@@ -243,6 +243,9 @@ class DuckDBEngine:
         )
 
     def _write_rejected_rows(self, parameters: dict, folder: Path) -> None:
+        """The rejected rows in one file; no file when there are none (as on Spark)."""
+        if not self.connection.execute(f"select exists ({REJECTED_ROWS})", parameters).fetchone()[0]:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         self.connection.execute(
             f"copy ({REJECTED_ROWS}) to {_quoted(str(folder / 'part-00000.parquet'))} (format parquet)",

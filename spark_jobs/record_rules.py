@@ -56,6 +56,12 @@ def record_keys(file_type: FileType) -> tuple[str, ...]:
     return (*(name for f in file_type.fields for name in (f.name, *f.aliases)), NOT_AN_OBJECT)
 
 
+def typed_name(f: Field) -> str:
+    """The column where an engine keeps a field's typed value before the row takes the field's name
+    (registry field names cannot start with "_": no clash with a record's keys)."""
+    return f"_elt_typed_{f.name}"
+
+
 def value_sql(f: Field, dialect: Dialect) -> str:
     """The field's text: under its own name, else under the first alias that has it."""
     columns = [dialect.column(name) for name in (f.name, *f.aliases)]

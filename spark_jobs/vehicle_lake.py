@@ -17,6 +17,7 @@ kill at any point followed by a re-run ends with exact counts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -49,6 +50,7 @@ from spark_jobs.record_rules import (
     raw_record_sql,
     reason_sql,
     record_keys,
+    typed_name,
     typed_sql,
 )
 from spark_jobs.session import spark_session
@@ -155,61 +157,79 @@ class SparkEngine:
 
     def write_batch(self, file_type: FileType, paths: list[Path], output: BatchOutput) -> dict[str, str]:
         """Good rows as Parquet, one file per day, and rejected rows in one file; returns the
-        files that are no batch at all (not JSON, no records key) with their reason."""
-        from pyspark import StorageLevel
+        files that are no batch at all (not JSON, no records key) with their reason.
+
+        The batch is parsed and validated once, by the good write, which also observes which
+        files hold a rejected record and which are refused whole (a few names per file, not
+        rows). Only the files holding rejected records are read again, for the rejected write:
+        none in a clean batch, and never more work than caching every row for a second pass."""
+        from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
-        # Parsed and validated once: the good write fills the cache, the rest reads it.
-        rows = _validated_rows(_parse_files(self.spark, file_type, paths), file_type)
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-        batch_id = F.lit(output.batch_id).alias("batch_id")
-        ingested_at = F.to_timestamp(F.lit(output.ingested_at.isoformat()))
-        try:
-            good = rows.where("_elt_reason = ''").select(
-                *(f.name for f in file_type.fields),
-                "source_file",
-                "source_position",
-                batch_id,
-                ingested_at.alias("ingested_at"),
-                "day",
-            )
-            # One task per day, so one file per day (pyiceberg refuses a file spanning two days).
-            good.repartition("day").write.partitionBy("day").parquet(staged_output(output.data_folder))
-            rejected = rows.where(f"_elt_reason <> '' and source_file not in ({_sql_list(output.already_rejected)})")
+        observation = Observation("files with rejected records or refused")
+        rows = _validated_rows(_parse_files(self.spark, file_type, paths), file_type).observe(
+            observation,
+            F.to_json(F.collect_set(F.when(F.col("_elt_reason") != "", F.col("source_file")))).alias("rejecting"),
+            F.to_json(
+                F.collect_set(
+                    F.when(F.col("_elt_file_problem").isNotNull(), F.array("source_file", "_elt_file_problem"))
+                )
+            ).alias("refused"),
+        )
+        lineage = (F.lit(output.batch_id).alias("batch_id"), F.to_timestamp(F.lit(output.ingested_at.isoformat())))
+        good = rows.where("_elt_reason = ''").select(
+            *(f.name for f in file_type.fields),
+            "source_file",
+            "source_position",
+            lineage[0],
+            lineage[1].alias("ingested_at"),
+            "day",
+        )
+        # One task per day, so one file per day (pyiceberg refuses a file spanning two days).
+        good.repartition("day").write.partitionBy("day").parquet(staged_output(output.data_folder))
+        files = {name: json.loads(value) for name, value in observation.get.items()}
+
+        rejecting = set(files["rejecting"]) - output.already_rejected
+        if rejecting:
+            again = _parse_files(self.spark, file_type, [path for path in paths if path.name in rejecting])
+            rejected = _validated_rows(again, file_type).where("_elt_reason <> ''")
             rejected = rejected.select(
                 "source_file",
                 "source_position",
                 F.col("_elt_reason").alias("reason"),
                 F.col("_elt_raw_record").alias("raw_record"),
-                batch_id,
-                ingested_at.alias("rejected_at"),
+                lineage[0],
+                lineage[1].alias("rejected_at"),
             )
-            # The few rejected rows are gathered into one task after the filter, not before.
             rejected.repartition(1).write.parquet(staged_output(output.rejected_folder))
-            bad_files = rows.where("_elt_file_problem is not null").select("source_file", "_elt_file_problem")
-            return dict(bad_files.distinct().collect())
-        finally:
-            rows.unpersist()
+        return dict(files["refused"])
 
 
 def _validated_rows(parsed, file_type: FileType):
     """One row per record (or per refused file): its typed fields, lineage, day, its reason
-    ('' when valid, NULL for a refused file) and, when rejected, its raw record. The engine's own
-    columns start with "_elt_", which no registry field name can."""
+    ('' when valid, NULL for a refused file) and, when rejected, its raw record. Each typed value
+    is computed once, for the reason and the row (a select of its own, which Spark keeps apart
+    rather than compute an expensive expression twice). The engine's own columns start with
+    "_elt_", which no registry field name can."""
     from pyspark.sql import functions as F
 
-    is_record = F.col("file_problem").isNull() & F.col("source_position").isNotNull()
-    validated = parsed.select(
+    typed = parsed.select(
         "record",
         "source_file",
         F.col("file_problem").alias("_elt_file_problem"),
         F.col("source_position").cast("bigint").alias("source_position"),
-        F.when(is_record, F.expr(reason_sql(file_type, SPARK))).alias("_elt_reason"),
-        *(F.expr(typed_sql(f, SPARK)).alias(f.name) for f in file_type.fields),
+        *(F.expr(typed_sql(f, SPARK)).alias(typed_name(f)) for f in file_type.fields),
     )
+    is_record = F.col("_elt_file_problem").isNull() & F.col("source_position").isNotNull()
+    reason = reason_sql(file_type, SPARK, typed=lambda f: "`" + typed_name(f).replace("`", "``") + "`")
+    validated = typed.select(*typed.columns, F.when(is_record, F.expr(reason)).alias("_elt_reason"))
     return validated.select(
-        *(F.col(name) for name in validated.columns if name != "record"),
-        F.to_date(file_type.time_column).alias("day"),
+        "source_file",
+        "_elt_file_problem",
+        "source_position",
+        "_elt_reason",
+        *(F.col(typed_name(f)).alias(f.name) for f in file_type.fields),
+        F.to_date(typed_name(file_type.field(file_type.time_column))).alias("day"),
         F.when(F.col("_elt_reason") != "", F.expr(raw_record_sql(file_type, SPARK))).alias("_elt_raw_record"),
     )
 
@@ -266,11 +286,6 @@ def process_type(engine, lake, file_type: FileType, paths: list[Path], now: date
 
 def max_file_bytes(file_type: FileType) -> int:
     return int(file_type.processing.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))
-
-
-def _sql_list(names: set[str]) -> str:
-    quoted = ", ".join("'" + name.replace("'", "''") + "'" for name in sorted(names))
-    return quoted or "''"
 
 
 def choose_engine(setting: str, waiting_bytes: int, small_batch_bytes: int, spark_configured: bool) -> str:

@@ -53,6 +53,16 @@ TRIPS = FileType(
     processing={"max_file_bytes": 4096},
     status="active",
 )
+# A type whose batch is clean: nothing rejected, so no rejected data file on either engine.
+PINGS = FileType(
+    file_type="vehicles_pings",
+    table_name="vehicles_pings",
+    fields=(Field(name="vehicle_id", nullable=False), Field(name="ping_time", type="timestamp", nullable=False)),
+    time_column="ping_time",
+    record_keys=("vehicles_pings",),
+    status="active",
+)
+PINGS_FILE = ("vehicles_pings_20251109000000.json", [{"vehicle_id": "ab12", "ping_time": "2025-11-09T00:00:01Z"}])
 TRIP = {"vehicle_id": "ab12", "trip_start": "2025-11-08T08:00:00Z", "passengers": 2, "distance_km": 12.5}
 TRIPS_GOOD = [
     {**TRIP, "shared": False, "kind": "city", "route": {"stops": 3, "at": [50.0, 8.25], "note": 'é "q" \\ /'}},
@@ -107,6 +117,7 @@ def write_corpus(incoming: Path) -> dict:
         (incoming / name).write_bytes(body.encode())
     for name, (body, _) in DEFECTS.items():
         (incoming / name).write_text(body, encoding="latin-1" if "\xff" in body else "utf-8")
+    (incoming / PINGS_FILE[0]).write_text(json.dumps({"vehicles_pings": PINGS_FILE[1]}))
     return {
         "good": {**manifest.good, "vehicles_trips": len(TRIPS_GOOD) + len(WHITESPACE_LED)},
         "rejected": {**manifest.rejected, "vehicles_trips": [reason for _, reason in TRIPS_BAD]},
@@ -133,6 +144,7 @@ def lake_table(name: str) -> dict:
         "parquet_types": {str(pq.read_schema(path).types) for path in files},
         "parquet_columns": {tuple(pq.read_schema(path).names) for path in files},
         "days_per_file": sorted(days_in(path, time_column) for path in files) if time_column else [],
+        "data_files": int(table.current_snapshot().summary["total-data-files"]),
     }
 
 
@@ -181,13 +193,17 @@ def lakes(tmp_path_factory: pytest.TempPathFactory) -> dict:
             expected = write_corpus(state_dir("incoming"))
             Registry().sync_seed()
             Registry().register(TRIPS, origin="test")
+            Registry().register(PINGS, origin="test")
             discover()
             reports = run_lake_job_elsewhere()
             assert {report.engine for report in reports.values()} == {engine}
             results[engine] = {
                 "expected": expected,
                 "reports": reports,
-                "tables": {name: lake_table(name) for name in TABLES + tuple(f"{t}_rejected" for t in TABLES)},
+                "tables": {
+                    name: lake_table(name)
+                    for name in TABLES + tuple(f"{t}_rejected" for t in TABLES) + ("vehicles_pings_rejected",)
+                },
                 "failed": failed_files(),
                 "processed": sorted(p.name for p in state_dir("processed").rglob("*.json")),
                 "waiting": sorted(p.name for p in state_dir("processing").rglob("*.json")),
@@ -229,7 +245,7 @@ def test_both_engines_write_identical_lake_tables(lakes, table):
     spark, duck = lakes["spark"]["tables"][table], lakes["duckdb"]["tables"][table]
     assert spark["rows"], f"{table} is empty: nothing compared"
     assert duck["rows"] - spark["rows"] == Counter() and spark["rows"] - duck["rows"] == Counter(), table
-    for aspect in ("iceberg_schema", "parquet_types", "parquet_columns", "days_per_file"):
+    for aspect in ("iceberg_schema", "parquet_types", "parquet_columns", "days_per_file", "data_files"):
         assert duck[aspect] == spark[aspect], (table, aspect)
     if not table.endswith("_rejected"):  # one Parquet file per day, holding that day only
         days = [day for file_days in spark["days_per_file"] for day in file_days]
@@ -248,6 +264,13 @@ def test_both_engines_fail_and_process_the_same_files_for_the_same_reasons(lakes
             sorted(report.committed_files),
             report.failed_files,
         ), file_type
+
+
+def test_a_batch_with_nothing_rejected_commits_no_rejected_data_file_on_either_engine(lakes):
+    for engine in ENGINES:
+        assert lakes[engine]["reports"]["vehicles_pings"].rows == len(PINGS_FILE[1]), engine
+        rejected = lakes[engine]["tables"]["vehicles_pings_rejected"]
+        assert (rejected["rows"], rejected["data_files"]) == (Counter(), 0), engine
 
 
 # Text the typed rules meet in real files, beyond the corpus: what Spark's cast accepts, the
