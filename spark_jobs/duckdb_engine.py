@@ -71,7 +71,7 @@ def _files_sql(file_type: FileType) -> str:
     )
     all_keys_null = " and ".join(f"r.{DUCKDB.column(key)} is null" for key in record)
     # A JSON object: parsed under the records keys, or only checked when the type has none.
-    as_object = f"try(json_transform(value, {keyed}))" if keys else "case when json_valid(value) then {} end"
+    as_object = f"try(json_transform(value, {keyed}))" if keys else "case when json_valid(value) then true end"
     return f"""
         with texts as (
             select parse_filename(filename) as source_file, try(decode(content)) as value

@@ -53,16 +53,18 @@ TRIPS = FileType(
     processing={"max_file_bytes": 4096},
     status="active",
 )
-# A type whose batch is clean: nothing rejected, so no rejected data file on either engine.
+# A type with no records key (its files are bare arrays) whose batch is clean: nothing rejected,
+# so no rejected data file on either engine; a JSON object of it is refused whole.
 PINGS = FileType(
     file_type="vehicles_pings",
     table_name="vehicles_pings",
     fields=(Field(name="vehicle_id", nullable=False), Field(name="ping_time", type="timestamp", nullable=False)),
     time_column="ping_time",
-    record_keys=("vehicles_pings",),
+    record_keys=(),
     status="active",
 )
 PINGS_FILE = ("vehicles_pings_20251109000000.json", [{"vehicle_id": "ab12", "ping_time": "2025-11-09T00:00:01Z"}])
+PINGS_OBJECT = ("vehicles_pings_20251109010000.json", "JSON object without a records key ((none registered))")
 TRIP = {"vehicle_id": "ab12", "trip_start": "2025-11-08T08:00:00Z", "passengers": 2, "distance_km": 12.5}
 TRIPS_GOOD = [
     {**TRIP, "shared": False, "kind": "city", "route": {"stops": 3, "at": [50.0, 8.25], "note": 'é "q" \\ /'}},
@@ -117,11 +119,16 @@ def write_corpus(incoming: Path) -> dict:
         (incoming / name).write_bytes(body.encode())
     for name, (body, _) in DEFECTS.items():
         (incoming / name).write_text(body, encoding="latin-1" if "\xff" in body else "utf-8")
-    (incoming / PINGS_FILE[0]).write_text(json.dumps({"vehicles_pings": PINGS_FILE[1]}))
+    (incoming / PINGS_FILE[0]).write_text(json.dumps(PINGS_FILE[1]))
+    (incoming / PINGS_OBJECT[0]).write_text(json.dumps({"vehicles_pings": PINGS_FILE[1]}))
     return {
         "good": {**manifest.good, "vehicles_trips": len(TRIPS_GOOD) + len(WHITESPACE_LED)},
         "rejected": {**manifest.rejected, "vehicles_trips": [reason for _, reason in TRIPS_BAD]},
-        "failed_files": {**manifest.failed_files, **{name: reason for name, (_, reason) in DEFECTS.items()}},
+        "failed_files": {
+            **manifest.failed_files,
+            **{name: reason for name, (_, reason) in DEFECTS.items()},
+            PINGS_OBJECT[0]: PINGS_OBJECT[1],
+        },
     }
 
 
