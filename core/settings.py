@@ -18,7 +18,7 @@ ENVIRONMENTS = ("dev", "staging", "prod")
 LAKE_ENGINES = ("auto", "spark", "duckdb")
 # Below this many bytes of waiting JSON the lake job runs in-process on DuckDB (LAKE_ENGINE=auto).
 # `python -m bench.run --crossover` (bench/crossover.json, README: Benchmark) found no crossover on
-# 2 cores up to ×2 of the bench's batch (4M events, 1,066,391,438 bytes), where DuckDB was still 3×
+# 2 cores up to ×2 of the bench's batch (4M events, 1,066,391,438 bytes), where DuckDB was still 5×
 # the faster: the default is that largest batch measured, in whole MiB, not an extrapolation.
 DEFAULT_LAKE_SMALL_BATCH_BYTES = 1016 << 20
 DEFAULT_ENVIRONMENT = "dev"
