@@ -30,7 +30,7 @@ from spark_jobs.record_rules import (
     raw_record_sql,
     reason_sql,
     record_keys,
-    typed_name,
+    typed_column,
     typed_sql,
 )
 
@@ -104,10 +104,6 @@ def _files_sql(file_type: FileType) -> str:
     """
 
 
-def _typed_column(f) -> str:
-    return DUCKDB.column(typed_name(f))
-
-
 def batch_rows_sql(file_type: FileType) -> str:
     """One row per record, or per refused file (its _elt_file_problem set): its position, its
     typed fields, its reason ('' when valid) and, when rejected, its raw record. The text of each
@@ -121,8 +117,8 @@ def batch_rows_sql(file_type: FileType) -> str:
             value = f"case when is_object then {value} else json_extract_string(element, '$') end"
         return f"{value} as {DUCKDB.column(key)}"
 
-    typed = ", ".join(f"{typed_sql(f, DUCKDB)} as {_typed_column(f)}" for f in file_type.fields)
-    fields = ", ".join(f"{_typed_column(f)} as {DUCKDB.column(f.name)}" for f in file_type.fields)
+    typed = ", ".join(f"{typed_sql(f, DUCKDB)} as {typed_column(f, DUCKDB)}" for f in file_type.fields)
+    fields = ", ".join(f"{typed_column(f, DUCKDB)} as {DUCKDB.column(f.name)}" for f in file_type.fields)
     return f"""
         with files as ({_files_sql(file_type)}),
         elements as (
@@ -143,7 +139,7 @@ def batch_rows_sql(file_type: FileType) -> str:
         ),
         typed as (select *, {typed} from texts),
         validated as (
-            select *, case when file_problem is null then {reason_sql(file_type, DUCKDB, _typed_column)} end as reason
+            select *, case when file_problem is null then {reason_sql(file_type, DUCKDB)} end as reason
             from typed
         )
         select source_file, file_problem as _elt_file_problem,

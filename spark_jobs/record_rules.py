@@ -39,6 +39,7 @@ class Dialect:
 
     name: str
     column: Callable[[str], str]  # a key of the record, as a column reference
+    identifier: Callable[[str], str]  # a column of the row the engine computes, as a reference
     record: str  # the record itself: NULL when the element is not an object
     literal: Callable[[str], str]  # a string literal
     matches: Callable[[str, str], str]  # (text sql, pattern literal) -> true when the pattern is found in it
@@ -57,9 +58,13 @@ def record_keys(file_type: FileType) -> tuple[str, ...]:
 
 
 def typed_name(f: Field) -> str:
-    """The column where an engine keeps a field's typed value before the row takes the field's name
-    (registry field names cannot start with "_": no clash with a record's keys)."""
+    """The column where an engine keeps a field's typed value (typed_sql) before the row takes the
+    field's name (registry field names cannot start with "_": no clash with a record's keys)."""
     return f"_elt_typed_{f.name}"
+
+
+def typed_column(f: Field, dialect: Dialect) -> str:
+    return dialect.identifier(typed_name(f))
 
 
 def value_sql(f: Field, dialect: Dialect) -> str:
@@ -102,12 +107,12 @@ def not_an_object_sql(dialect: Dialect) -> str:
     return f"({dialect.record} is null or {dialect.column(NOT_AN_OBJECT)} is not null)"
 
 
-def reason_sql(file_type: FileType, dialect: Dialect, typed: Callable[[Field], str] | None = None) -> str:
+def reason_sql(file_type: FileType, dialect: Dialect) -> str:
     """Every broken rule's reason joined with '; ', empty when the record is valid; a record that
-    is not an object has that one reason, not one per field as well. `typed` names a field's typed
-    value where an engine has computed it already (by default it is parsed here)."""
-    typed = typed or (lambda f: typed_sql(f, dialect))
-    checks = [check for f in file_type.fields for check in _field_checks(f, dialect, typed(f))]
+    is not an object has that one reason, not one per field as well. It reads each field's typed
+    value from the column typed_name(field), which the engine computes first (once, for the
+    checks and the row)."""
+    checks = [check for f in file_type.fields for check in _field_checks(f, dialect, typed_column(f, dialect))]
     joined = f"concat_ws({dialect.literal(REASON_SEPARATOR)}, {', '.join(checks)})" if checks else "''"
     return f"case when {not_an_object_sql(dialect)} then {dialect.literal(NOT_AN_OBJECT_REASON)} else {joined} end"
 
@@ -126,13 +131,18 @@ def _spark_literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _spark_identifier(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
 def _spark_column(name: str) -> str:
-    return "record.`" + name.replace("`", "``") + "`"
+    return "record." + _spark_identifier(name)
 
 
 SPARK = Dialect(
     name="spark",
     column=_spark_column,
+    identifier=_spark_identifier,
     record="record",
     literal=_spark_literal,
     matches=lambda value, pattern: f"({value} rlike {pattern})",
@@ -232,6 +242,7 @@ def _duckdb_record_as_json(keys: tuple[str, ...]) -> str:
 DUCKDB = Dialect(
     name="duckdb",
     column=_duckdb_column,
+    identifier=_duckdb_column,
     record="_elt_record",
     literal=_duckdb_literal,
     matches=lambda value, pattern: f"regexp_matches({value}, {pattern})",

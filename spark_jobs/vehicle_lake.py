@@ -222,8 +222,9 @@ def _validated_rows(parsed, file_type: FileType):
         *(F.expr(typed_sql(f, SPARK)).alias(typed_name(f)) for f in file_type.fields),
     )
     is_record = F.col("_elt_file_problem").isNull() & F.col("source_position").isNotNull()
-    reason = reason_sql(file_type, SPARK, typed=lambda f: "`" + typed_name(f).replace("`", "``") + "`")
-    validated = typed.select(*typed.columns, F.when(is_record, F.expr(reason)).alias("_elt_reason"))
+    validated = typed.select(
+        *typed.columns, F.when(is_record, F.expr(reason_sql(file_type, SPARK))).alias("_elt_reason")
+    )
     return validated.select(
         "source_file",
         "_elt_file_problem",
