@@ -171,10 +171,10 @@ def split_by_size(paths: list[Path], parts: int) -> list[list[Path]]:
     """At most `parts` groups of about equal bytes (the largest file first into the lightest group)."""
     groups: list[list[Path]] = [[] for _ in range(min(parts, len(paths)))]
     sizes = [0] * len(groups)
-    for path in sorted(paths, key=lambda p: p.stat().st_size, reverse=True):
+    for size, path in sorted(((path.stat().st_size, path) for path in paths), reverse=True):
         lightest = sizes.index(min(sizes))
         groups[lightest].append(path)
-        sizes[lightest] += path.stat().st_size
+        sizes[lightest] += size
     return groups
 
 
