@@ -107,7 +107,7 @@ $(PREFECT_DB): $(SETUP_STAMP)
 	$(BIN)/prefect server database upgrade -y >/dev/null
 	@touch $@
 
-# VERBOSE=1 also shows every task run (one per dbt node) on screen; they are always in Prefect's logs.
+# VERBOSE=1 also shows every task run's lines on screen; they are always in Prefect's logs.
 run: setup $(PREFECT_DB)
 	$(BIN)/python -m orchestration.flows $(if $(VERBOSE),--verbose)
 

@@ -1,9 +1,11 @@
 """dbt as the data-quality gate: build into marts_audit, publish only when no error-severity
 test failed (write-audit-publish), and explain failures in a Prefect artifact.
 
-dbt runs through prefect-dbt's PrefectDbtRunner, which gives each dbt node its own Prefect
-task. Its target folder lives in the data dir and is kept between runs, so a run after a failed
-one can resume with `dbt retry` (failed and skipped nodes only).
+dbt runs in the flow's process, in the step that calls it; each node's result is a row of the
+`dbt-nodes` artifact. ELT_DBT_NODE_TASKS=true runs it through prefect-dbt's PrefectDbtRunner
+instead, which gives each node its own Prefect task (README: The gate). Its target folder lives
+in the data dir and is kept between runs, so a run after a failed one can resume with `dbt
+retry` (failed and skipped nodes only).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from core.secrets import is_true
 from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
 from core.warehouse import query
 from orchestration.build_plan import VARS, selector_nodes
@@ -79,24 +82,42 @@ def seed_partial_parse() -> None:
         shutil.copyfile(baked, seeded)
 
 
+def node_tasks() -> bool:
+    """ELT_DBT_NODE_TASKS: each dbt node as its own Prefect task. Off by default: on the bundled
+    sample the build's 140 nodes take dbt ~8 s, and their tasks ~30 s of CPU more (README)."""
+    return is_true(os.environ.get("ELT_DBT_NODE_TASKS", ""))
+
+
+def _project_options() -> list[str]:
+    return ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
+
+
 def invoke(args: list[str]):
-    """Run one dbt command through PrefectDbtRunner (one Prefect task per node inside a flow).
+    """Run one dbt command in this process (through PrefectDbtRunner, one task per node, when
+    node_tasks()). Nothing of dbt's goes to the console; its log file is dbt_project/logs.
 
     Every command shares one target folder, so each reuses the previous one's parse (with the
     same vars). Only build and retry write run_results.json there: `dbt retry` reads it;
     freshness writes sources.json and parse the manifest instead; anything else runs with
     --no-write-json."""
-    from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
-
     # This process lives on after dbt: dbt-duckdb must let go of the warehouse file when the
     # command ends, or the next run's turn could not open it (profiles.yml, keep_open).
     os.environ["DBT_DUCKDB_KEEP_OPEN"] = "False"
     if args[0] not in ("build", "retry", "source", "parse"):
         args = [*args, "--no-write-json"]
     seed_partial_parse()
-    settings = PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target_dir())
     log.info("dbt %s", " ".join(args))
-    return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
+    if node_tasks():
+        from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
+
+        settings = PrefectDbtSettings(
+            project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target_dir()
+        )
+        return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
+    from dbt.cli.main import dbtRunner
+
+    quiet = ["--log-level", "none", "--log-level-file", "info"]
+    return dbtRunner().invoke([*args, *_project_options(), "--target-path", str(target_dir()), *quiet])
 
 
 def listed(selector: str) -> list[str]:
@@ -104,8 +125,7 @@ def listed(selector: str) -> list[str]:
     (PrefectDbtRunner refuses --log-level none, and a listing is no task)."""
     from dbt.cli.main import dbtRunner
 
-    project = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR)]
-    options = [*project, "--target-path", str(target_dir()), "--vars", AUDIT_VARS, "--no-write-json"]
+    options = [*_project_options(), "--target-path", str(target_dir()), "--vars", AUDIT_VARS, "--no-write-json"]
     seed_partial_parse()
     return selector_nodes(dbtRunner(), selector, *options)
 
@@ -227,6 +247,21 @@ def summarise(command: list[str], folder: Path | None = None) -> GateResult:
         )
         (warnings if result["status"] == "warn" else errors).append(failure)
     return GateResult(command, counts, errors, warnings)
+
+
+def node_results(folder: Path | None = None) -> list[dict]:
+    """One row per node of the last build or retry (run_results.json): the `dbt-nodes` artifact."""
+    document = json.loads(((folder or target_dir()) / "run_results.json").read_text())
+    return [
+        {
+            "node": result["unique_id"],
+            "status": result["status"],
+            "seconds": round(result.get("execution_time") or 0, 2),
+            "failures": result.get("failures"),
+            "message": (result.get("message") or "").strip()[:300],
+        }
+        for result in document["results"]
+    ]
 
 
 def plain_target_dir() -> Path:

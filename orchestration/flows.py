@@ -158,6 +158,7 @@ def build_and_gate(selector: str | None, resume: bool, exclude: Sequence[str] = 
     dbt_gate.invoke(command)
     result = dbt_gate.summarise(command)
     create_markdown_artifact(key="dbt-gate", markdown=dbt_gate.markdown_report(result), description="dbt test gate")
+    create_table_artifact(key="dbt-nodes", table=dbt_gate.node_results(), description="each node of the gate's dbt run")
     if not result.passed:
         raise dbt_gate.DbtGateFailed(dbt_gate.failure_message(result), result)
     for warning in result.warnings:
@@ -353,8 +354,9 @@ def print_summary(outcome: dict) -> None:
 
 
 def quiet_task_runs_on_the_console() -> None:
-    """One line per step on screen: task runs' INFO lines (one per dbt node and per state change)
-    stay in Prefect's run logs and UI; their warnings and errors still show."""
+    """One line per step on screen: task runs' INFO lines (one per state change, and one per dbt
+    node with ELT_DBT_NODE_TASKS=true) stay in Prefect's run logs and UI; their warnings and
+    errors still show."""
 
     def keep(record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or not record.name.startswith("prefect.task_runs")
@@ -389,7 +391,7 @@ def wait_until_task_runs_are_recorded(flow_run_id: UUID, last_task: str | None, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.flows", description="One run of the elt flow.")
-    parser.add_argument("--verbose", action="store_true", help="also show every task run (one per dbt node)")
+    parser.add_argument("--verbose", action="store_true", help="also show every task run's lines")
     args = parser.parse_args(argv)
     started = time.monotonic()
     data_dir_or_exit()

@@ -12,7 +12,7 @@ from core.warehouse import query
 from lake.files import STATES
 from loaders.modes import ModeError
 from orchestration import dbt_gate
-from orchestration.flows import elt, print_summary
+from orchestration.flows import elt, print_summary, summarise_run, wait_until_task_runs_are_recorded
 
 from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows
 
@@ -45,10 +45,45 @@ def football_site(data_dir, tmp_path, monkeypatch):
     return site
 
 
+def task_run_names(flow_state) -> set[str]:
+    """The task runs Prefect's API recorded for a finished flow run (waiting for the last one)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    wait_until_task_runs_are_recorded(flow_run_id, summarise_run.name)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name for run in runs}
+
+
+def dbt_node_task_names(target_path: Path) -> set[str]:
+    """The task run name PrefectDbtRunner gives each node of the last dbt build, from dbt's own files."""
+    manifest = json.loads((target_path / "manifest.json").read_text())
+    nodes = {**manifest["nodes"], **manifest["unit_tests"]}
+    results = json.loads((target_path / "run_results.json").read_text())["results"]
+    return {f"{nodes[r['unique_id']]['resource_type']} {nodes[r['unique_id']]['name']}" for r in results}
+
+
+def node_rows(artifact_key: str) -> dict[str, tuple]:
+    data = Artifact.get(artifact_key).data
+    return {row["node"]: (row["status"], row["failures"]) for row in json.loads(data)}
+
+
+def results_by_node(target_path: Path) -> dict[str, tuple]:
+    results = json.loads((target_path / "run_results.json").read_text())["results"]
+    return {r["unique_id"]: (r["status"], r.get("failures")) for r in results}
+
+
 def test_the_gate_blocks_bad_data_keeps_published_marts_and_resumes_after_a_fix(prefect_api, data_dir, football_site):
     # 1. A clean run publishes marts and the report; the mapping coverage test only warns.
-    first = run_football()
+    first_state = run_football(return_state=True)
+    first = first_state.result()
     assert first["tests"].get("error", 0) == 0 and first["tests"].get("fail", 0) == 0
+    # dbt ran inside the gate's step: each node is a row of the dbt-nodes artifact, not a task run.
+    target_path = data_dir / "dbt_target"
+    assert node_rows("dbt-nodes") == results_by_node(target_path) and len(results_by_node(target_path)) > 50
+    assert not dbt_node_task_names(target_path) & task_run_names(first_state)
     published = marts_snapshot(data_dir)
     report = data_dir / "reports" / "league_leaders.csv"
     report_before = report.read_bytes()
@@ -69,6 +104,9 @@ def test_the_gate_blocks_bad_data_keeps_published_marts_and_resumes_after_a_fix(
     assert "FAILED - nothing published" in gate.data
     assert "accepted_values_stg_football_data__matches_result__H__D__A" in gate.data
     assert '"value_field": "X"' in gate.data  # a failing row, from store_failures
+    nodes = node_rows("dbt-nodes")
+    [failed_test] = [node for node in nodes if "accepted_values_stg_football_data__matches_result" in node]
+    assert nodes[failed_test] == ("fail", 1)
     assert marts_snapshot(data_dir) == published  # marts untouched
     assert report.read_bytes() == report_before  # report untouched
     run_results = json.loads((data_dir / "dbt_target" / "run_results.json").read_text())
@@ -125,3 +163,15 @@ def test_a_live_run_loads_the_current_season_stages_no_sample_and_says_so(
     with pytest.raises(ModeError, match=f"data dir {data_dir} holds live data and this run is in sample mode"):
         elt(sources=["vehicles"], build=False, mode="sample")
     assert not [path for state in STATES for path in (data_dir / state).rglob("*.json")]
+
+
+@pytest.mark.one_target  # which Prefect tasks dbt's nodes run in, not the warehouse
+def test_with_elt_dbt_node_tasks_each_dbt_node_runs_as_its_own_prefect_task(prefect_api, data_dir, monkeypatch):
+    monkeypatch.setenv("ELT_DBT_NODE_TASKS", "true")
+    state = elt(sources=["vehicles"], selector="vehicles", mode="sample", return_state=True)
+    outcome = state.result()
+    assert outcome["tests"].get("error", 0) == 0 and outcome["tests"].get("fail", 0) == 0
+    target_path = data_dir / "dbt_target"
+    expected = dbt_node_task_names(target_path)
+    assert len(expected) > 20 and expected <= task_run_names(state)
+    assert node_rows("dbt-nodes") == results_by_node(target_path)
