@@ -78,6 +78,10 @@ def served_deployments(data_dir, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), ELT_DATA_DIR=str(data_dir))
+    # Prefect's defaults are made for a long-lived server: the runner looks for runs to start
+    # every 10 s and the scheduler plans runs every 60 s. Here every run is triggered by the test
+    # and waited for, so both look more often; what they do is unchanged.
+    env.update(PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
     served = subprocess.Popen(
         [sys.executable, "-m", "orchestration.serve", "--with-server", "--port", str(port)],
         env=env,
