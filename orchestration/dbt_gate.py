@@ -44,6 +44,10 @@ class DbtGateFailed(RuntimeError):
         self.result = result
 
 
+class DbtCommandFailed(RuntimeError):
+    """dbt could not run the command at all (no node results to gate on)."""
+
+
 @dataclass
 class TestFailure:
     test: str
@@ -84,7 +88,7 @@ def seed_partial_parse() -> None:
 
 def node_tasks() -> bool:
     """ELT_DBT_NODE_TASKS: each dbt node as its own Prefect task. Off by default: on the bundled
-    sample the build's 140 nodes take dbt ~8 s, and their tasks ~30 s of CPU more (README)."""
+    sample the gate's 141 nodes take dbt ~5 s, and their tasks ~30 s of CPU more (README)."""
     return is_true(os.environ.get("ELT_DBT_NODE_TASKS", ""))
 
 
@@ -94,7 +98,9 @@ def _project_options() -> list[str]:
 
 def invoke(args: list[str]):
     """Run one dbt command in this process (through PrefectDbtRunner, one task per node, when
-    node_tasks()). Nothing of dbt's goes to the console; its log file is dbt_project/logs.
+    node_tasks()); raise when dbt itself failed (a parse error, a lost connection, an unknown
+    selector), as PrefectDbtRunner does: failing nodes are in the result, not raised. Nothing of
+    dbt's goes to the console; its log file is in dbt's log path (dbt_project/logs, DBT_LOG_PATH).
 
     Every command shares one target folder, so each reuses the previous one's parse (with the
     same vars). Only build and retry write run_results.json there: `dbt retry` reads it;
@@ -117,7 +123,10 @@ def invoke(args: list[str]):
     from dbt.cli.main import dbtRunner
 
     quiet = ["--log-level", "none", "--log-level-file", "info"]
-    return dbtRunner().invoke([*args, *_project_options(), "--target-path", str(target_dir()), *quiet])
+    result = dbtRunner().invoke([*args, *_project_options(), "--target-path", str(target_dir()), *quiet])
+    if not result.success and result.exception:
+        raise DbtCommandFailed(f"dbt {' '.join(args)} failed: {result.exception}")
+    return result
 
 
 def listed(selector: str) -> list[str]:

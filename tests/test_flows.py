@@ -175,3 +175,12 @@ def test_with_elt_dbt_node_tasks_each_dbt_node_runs_as_its_own_prefect_task(pref
     expected = dbt_node_task_names(target_path)
     assert len(expected) > 20 and expected <= task_run_names(state)
     assert node_rows("dbt-nodes") == results_by_node(target_path)
+
+
+@pytest.mark.one_target
+def test_a_dbt_command_that_cannot_run_fails_with_dbt_s_own_message(data_dir):
+    # No node ran, so there is nothing to gate on: the step fails instead of reading old results.
+    unknown_selector = r"(?s)dbt build .* failed: .*Could not find selector named no_such_selector"
+    with pytest.raises(dbt_gate.DbtCommandFailed, match=unknown_selector):
+        dbt_gate.invoke(["build", "--vars", dbt_gate.AUDIT_VARS, "--selector", "no_such_selector"])
+    assert not (data_dir / "dbt_target" / "run_results.json").exists()

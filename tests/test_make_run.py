@@ -39,7 +39,7 @@ def test_consecutive_make_runs_on_a_new_data_dir_print_no_traceback(tmp_path, ta
         outputs.append(output)
         assert result.returncode == 0, f"run {run} exited {result.returncode}:\n{output[-5000:]}"
         assert "Traceback" not in output and "Error flushing" not in output, f"run {run}:\n{output[-8000:]}"
-        # One finished line for the flow run; the task runs' (one per dbt node) stay in Prefect's logs.
+        # One finished line for the flow run; the task runs' own lines stay in Prefect's logs.
         assert output.count("Finished in state") == 1, f"run {run}:\n{output[-8000:]}"
         assert "Rows per table" in result.stdout and "Pipeline time:" in result.stdout
         # One line per step as it starts and ends; no progress bars when output is not a terminal.
