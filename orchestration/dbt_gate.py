@@ -258,9 +258,9 @@ def summarise(command: list[str], folder: Path | None = None) -> GateResult:
     return GateResult(command, counts, errors, warnings)
 
 
-def node_results(folder: Path | None = None) -> list[dict]:
+def node_results() -> list[dict]:
     """One row per node of the last build or retry (run_results.json): the `dbt-nodes` artifact."""
-    document = json.loads(((folder or target_dir()) / "run_results.json").read_text())
+    document = json.loads((target_dir() / "run_results.json").read_text())
     return [
         {
             "node": result["unique_id"],
