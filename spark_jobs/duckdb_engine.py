@@ -180,6 +180,7 @@ def split_by_size(paths: list[Path], parts: int) -> list[list[Path]]:
 
 class DuckDBEngine:
     name = "duckdb"
+    batches_side_by_side = False  # each batch already runs on every core
 
     def __init__(self) -> None:
         self.connection = duckdb.connect(config=engine_config())

@@ -14,8 +14,13 @@ SPARK_DEFAULTS = {
     "spark.driver.host": "127.0.0.1",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-    # Few, small shuffles: the default 200 partitions only add scheduling overhead.
-    "spark.sql.shuffle.partitions": "8",
+    # The lake job's one shuffle is by day, and each shuffle partition becomes a task: enough
+    # partitions that two days seldom share one, each kept whole rather than merged with its
+    # neighbours (a task of three days is the last to finish while a core waits); empty ones
+    # merge away.
+    "spark.sql.shuffle.partitions": "64",
+    "spark.sql.adaptive.coalescePartitions.parallelismFirst": "false",
+    "spark.sql.adaptive.advisoryPartitionSizeInBytes": "1m",
     "spark.sql.sources.partitionOverwriteMode": "static",
     # The job names each file it reads: listing them on the driver takes milliseconds, where
     # Spark's default above 32 paths is a job of its own that takes seconds.

@@ -22,12 +22,15 @@ import logging
 import os
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyiceberg.table import Table
 
 from core.settings import data_dir_or_exit, lake_engine, lake_small_batch_bytes
 from lake import files as lifecycle
@@ -150,6 +153,7 @@ class BatchOutput:
 
 class SparkEngine:
     name = "spark"
+    batches_side_by_side = True
 
     def __init__(self) -> None:
         self.spark = spark_session("vehicle_lake")
@@ -178,16 +182,14 @@ class SparkEngine:
         )
         batch_id = F.lit(output.batch_id).alias("batch_id")
         ingested_at = F.to_timestamp(F.lit(output.ingested_at.isoformat()))
-        good = rows.where("_elt_reason = ''").select(
-            *(f.name for f in file_type.fields),
-            "source_file",
-            "source_position",
-            batch_id,
-            ingested_at.alias("ingested_at"),
-            "day",
+        fields = [f.name for f in file_type.fields]
+        # One task per day, so one file per day (pyiceberg refuses a file spanning two days); the
+        # batch's constants are added after the shuffle, which then moves less.
+        good = (
+            rows.where("_elt_reason = ''").select(*fields, "source_file", "source_position", "day").repartition("day")
         )
-        # One task per day, so one file per day (pyiceberg refuses a file spanning two days).
-        good.repartition("day").write.partitionBy("day").parquet(staged_output(output.data_folder))
+        good = good.select(*fields, "source_file", "source_position", batch_id, ingested_at.alias("ingested_at"), "day")
+        good.write.partitionBy("day").parquet(staged_output(output.data_folder))
         files = {name: json.loads(value) for name, value in observation.get.items()}
 
         rejecting = set(files["rejecting"]) - output.already_rejected
@@ -236,8 +238,22 @@ def _validated_rows(parsed, file_type: FileType):
     )
 
 
-def process_type(engine, lake, file_type: FileType, paths: list[Path], now: datetime) -> TypeReport:
-    report = TypeReport(file_type.file_type, engine.name)
+@dataclass
+class PendingBatch:
+    """A type's batch between its preparation and its commit: what waits for the engine and where it goes."""
+
+    file_type: FileType
+    report: TypeReport
+    table: Table
+    rejected_table: Table
+    todo: list[Path]
+    output: BatchOutput | None
+
+
+def prepare_type(engine_name: str, lake, file_type: FileType, paths: list[Path], now: datetime) -> PendingBatch:
+    """Moves the files the ledger already has, refuses empty and oversized files, and names the
+    batch the engine writes (no batch when nothing is left to write)."""
+    report = TypeReport(file_type.file_type, engine_name)
     table, rejected_table = ensure_tables(lake, file_type)
     in_table, in_rejected = committed_files(table), committed_files(rejected_table)
 
@@ -255,28 +271,34 @@ def process_type(engine, lake, file_type: FileType, paths: list[Path], now: date
             todo.append(path)
     for name, reason in report.failed_files.items():
         lifecycle.fail(lifecycle.state_dir("processing", file_type.file_type) / name, file_type.file_type, reason)
-    if not todo:
-        return report
+    output = None
+    if todo:
+        batch_id = report.batch_id = new_batch_id(now)
+        output = BatchOutput(
+            batch_id=batch_id,
+            ingested_at=now,
+            data_folder=f"{table.location()}/data/batch_id={batch_id}",
+            rejected_folder=f"{rejected_table.location()}/data/batch_id={batch_id}",
+            already_rejected=frozenset(path.name for path in todo if path.name in in_rejected),
+        )
+    return PendingBatch(file_type, report, table, rejected_table, todo, output)
 
-    batch_id = report.batch_id = new_batch_id(now)
-    output = BatchOutput(
-        batch_id=batch_id,
-        ingested_at=now,
-        data_folder=f"{table.location()}/data/batch_id={batch_id}",
-        rejected_folder=f"{rejected_table.location()}/data/batch_id={batch_id}",
-        already_rejected=frozenset(path.name for path in todo if path.name in in_rejected),
-    )
-    bad_files = engine.write_batch(file_type, todo, output)
 
+def commit_type(pending: PendingBatch, bad_files: dict[str, str]) -> TypeReport:
+    """After the engine wrote the batch: refused files to failed/, the Parquet committed, the
+    committed files to processed/."""
+    file_type, report, output = pending.file_type, pending.report, pending.output
     for name, reason in bad_files.items():
         lifecycle.fail(lifecycle.state_dir("processing", file_type.file_type) / name, file_type.file_type, reason)
         report.failed_files[name] = reason
-    committed = [p.name for p in todo if p.name not in bad_files]
+    committed = [p.name for p in pending.todo if p.name not in bad_files]
     for folder in (output.rejected_folder, output.data_folder):
         publish_staged_output(folder)
     # The rejected table first: the main table's commit is the one that marks a file done.
-    report.rejected = commit_batch(rejected_table, parquet_files(output.rejected_folder), batch_id, committed)
-    report.rows = commit_batch(table, parquet_files(output.data_folder), batch_id, committed)
+    report.rejected = commit_batch(
+        pending.rejected_table, parquet_files(output.rejected_folder), output.batch_id, committed
+    )
+    report.rows = commit_batch(pending.table, parquet_files(output.data_folder), output.batch_id, committed)
     for name in committed:
         lifecycle.move(
             lifecycle.state_dir("processing", file_type.file_type) / name,
@@ -284,6 +306,21 @@ def process_type(engine, lake, file_type: FileType, paths: list[Path], now: date
         )
     report.committed_files = committed
     return report
+
+
+def process_types(engine, lake, work: list[tuple[FileType, list[Path]]], now: datetime) -> list[TypeReport]:
+    """Each type's batch prepared, written by the engine and committed, the types in registry
+    order. An engine that runs batches side by side (Spark: one job per type, whose tasks fill the
+    cores another type's job leaves idle) writes them all at once; the commits still follow one
+    another in registry order, each as soon as its batch is written."""
+    pending = [prepare_type(engine.name, lake, file_type, paths, now) for file_type, paths in work]
+    if not engine.batches_side_by_side:
+        return [
+            commit_type(p, engine.write_batch(p.file_type, p.todo, p.output)) if p.output else p.report for p in pending
+        ]
+    with ThreadPoolExecutor(max_workers=len(pending)) as pool:
+        writes = [pool.submit(engine.write_batch, p.file_type, p.todo, p.output) if p.output else None for p in pending]
+        return [commit_type(p, write.result()) if write else p.report for p, write in zip(pending, writes, strict=True)]
 
 
 def max_file_bytes(file_type: FileType) -> int:
@@ -330,7 +367,7 @@ def run(registry: Registry | None = None) -> list[TypeReport]:
     engine = start_engine(name)
     lake = catalog()
     now = datetime.now(UTC).replace(tzinfo=None)
-    return [process_type(engine, lake, file_type, paths, now) for file_type, paths in work.values()]
+    return process_types(engine, lake, list(work.values()), now)
 
 
 def main() -> int:
