@@ -215,28 +215,28 @@ def last_publish(folder: Path | None = None) -> dict | None:
     return json.loads(recorded.read_text())
 
 
+def run_results(folder: Path | None = None) -> dict | None:
+    """The last dbt command's run_results.json in `folder` (the flow's target folder), if any."""
+    path = (folder or target_dir()) / "run_results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def previous_run_failed(folder: Path | None = None) -> bool:
-    results = (folder or target_dir()) / "run_results.json"
-    if not results.exists():
-        return False
-    document = json.loads(results.read_text())
-    if document.get("args", {}).get("which") not in ("build", "retry"):
+    document = run_results(folder)
+    if document is None or document.get("args", {}).get("which") not in ("build", "retry"):
         return False
     return any(result["status"] in (*FAILED, "skipped") for result in document["results"])
 
 
 def previous_exclude() -> list[str]:
     """What the last build or retry left out (--exclude), as run_results.json records it."""
-    results = target_dir() / "run_results.json"
-    if not results.exists():
-        return []
-    return json.loads(results.read_text()).get("args", {}).get("exclude") or []
+    return ((run_results() or {}).get("args") or {}).get("exclude") or []
 
 
 def summarise(command: list[str], folder: Path | None = None) -> GateResult:
     """Read run_results.json and the manifest: what failed, on which model, with sample rows."""
     folder = folder or target_dir()
-    results = json.loads((folder / "run_results.json").read_text())["results"]
+    results = run_results(folder)["results"]
     nodes = json.loads((folder / "manifest.json").read_text())["nodes"]
     counts: dict[str, int] = {}
     errors, warnings = [], []
@@ -260,7 +260,6 @@ def summarise(command: list[str], folder: Path | None = None) -> GateResult:
 
 def node_results() -> list[dict]:
     """One row per node of the last build or retry (run_results.json): the `dbt-nodes` artifact."""
-    document = json.loads((target_dir() / "run_results.json").read_text())
     return [
         {
             "node": result["unique_id"],
@@ -269,7 +268,7 @@ def node_results() -> list[dict]:
             "failures": result.get("failures"),
             "message": (result.get("message") or "").strip()[:300],
         }
-        for result in document["results"]
+        for result in run_results()["results"]
     ]
 
 
@@ -283,9 +282,8 @@ def last_gate() -> tuple[datetime, GateResult] | None:
     a plain `dbt build`'s, whichever ran last; None when neither has run."""
     candidates = []
     for folder in (target_dir(), plain_target_dir()):
-        results = folder / "run_results.json"
-        if results.exists() and (folder / "manifest.json").exists():
-            document = json.loads(results.read_text())
+        document = run_results(folder)
+        if document is not None and (folder / "manifest.json").exists():
             if document.get("args", {}).get("which") in ("build", "retry"):
                 finished = datetime.fromisoformat(document["metadata"]["generated_at"].replace("Z", "+00:00"))
                 candidates.append((finished, folder, document["args"]["which"]))
