@@ -23,6 +23,7 @@ from core.secrets import is_true
 from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir, target
 from core.warehouse import query
 from orchestration.build_plan import VARS, selector_nodes
+from orchestration.concurrency import run_logger
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def invoke(args: list[str]):
     from dbt.cli.main import dbtRunner
 
     quiet = ["--log-level", "none", "--log-level-file", "info"]
-    result = dbtRunner().invoke([*args, *_project_options(), "--target-path", str(target_dir()), *quiet])
+    runner = dbtRunner(callbacks=[log_unattached_warning])
+    result = runner.invoke([*args, *_project_options(), "--target-path", str(target_dir()), *quiet])
     if not result.success and result.exception:
         raise DbtCommandFailed(f"dbt {' '.join(args)} failed: {result.exception}")
     return result
@@ -136,7 +138,16 @@ def listed(selector: str) -> list[str]:
 
     options = [*_project_options(), "--target-path", str(target_dir()), "--vars", AUDIT_VARS, "--no-write-json"]
     seed_partial_parse()
-    return selector_nodes(dbtRunner(), selector, *options)
+    return selector_nodes(dbtRunner(callbacks=[log_unattached_warning]), selector, *options)
+
+
+def log_unattached_warning(event) -> None:
+    """dbt's warnings that belong to no node (a selection that matches nothing, a deprecation, a
+    config that applies to nothing) go to the run's log, since nothing of dbt's goes to the
+    console; the nodes' own warnings the gate reports from run_results.json."""
+    node = getattr(event.data, "node_info", None)
+    if event.info.level == "warn" and not (node is not None and node.unique_id):
+        run_logger().warning("dbt: %s", event.info.msg)
 
 
 def manifest() -> dict:

@@ -184,3 +184,14 @@ def test_a_dbt_command_that_cannot_run_fails_with_dbt_s_own_message(data_dir):
     with pytest.raises(dbt_gate.DbtCommandFailed, match=unknown_selector):
         dbt_gate.invoke(["build", "--vars", dbt_gate.AUDIT_VARS, "--selector", "no_such_selector"])
     assert not (data_dir / "dbt_target" / "run_results.json").exists()
+
+
+@pytest.mark.one_target
+def test_a_dbt_warning_that_belongs_to_no_node_reaches_the_log(data_dir, caplog):
+    # The console gets nothing of dbt's and run_results.json holds only nodes: a selection that
+    # matches nothing would otherwise be said only in dbt.log.
+    with caplog.at_level("WARNING"):
+        result = dbt_gate.invoke(["build", "--vars", dbt_gate.AUDIT_VARS, "--select", "no_such_model"])
+    assert result.success
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'no_such_model' does not match any enabled nodes" in message for message in warnings), warnings
