@@ -369,6 +369,35 @@ def test_a_cluster_or_spark_submit_counts_as_spark_configured(monkeypatch, envir
     assert spark_configured() is configured
 
 
+@pytest.mark.parametrize(
+    ("master", "memory"),
+    [("local", "2g"), ("local[1]", "2g"), ("local[4]", "4g"), ("local[6,2]", "6g"), ("spark://host:7077", "2g")],
+)
+def test_the_default_driver_heap_is_a_gigabyte_per_local_task_slot_and_at_least_two(master, memory):
+    from spark_jobs.session import default_driver_memory
+
+    assert default_driver_memory(master) == memory
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_container_s_cpu_limit_is_read_from_cgroup_v2_or_v1(tmp_path, files, quota):
+    from spark_jobs.session import cgroup_cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == quota
+
+
 def test_the_small_batch_threshold_is_set_in_bytes(monkeypatch):
     from core.settings import lake_small_batch_bytes
 

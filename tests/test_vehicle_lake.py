@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from loaders.query import load_extensions
 from loaders.vehicles.generate import generate
 from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 from spark_jobs.lake_commit import committed_files
+from spark_jobs.vehicle_lake import max_file_bytes
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows, run_dbt
@@ -365,6 +367,30 @@ def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir,
         == count_files(state_dir("processing", "vehicles_status"))
         == 0
     )
+
+
+# One target: the lake job's memory, not the warehouse's.
+@pytest.mark.one_target
+def test_a_file_at_the_size_limit_in_every_task_slot_fits_the_default_driver_heap(data_dir, tmp_path, monkeypatch):
+    """local[4]: four tasks each hold a file just under max_file_bytes at once. The driver's
+    default heap grows with the task slots (a fixed 2 GB ran out of heap on this)."""
+    generate(tmp_path, files=1, events_per_file=262_000, seed=5)
+    [events_file] = tmp_path.glob("vehicles_events_*.json")
+    per_file = len(json.loads(events_file.read_bytes())["vehicles_events"])
+    state_dir("incoming").mkdir(parents=True, exist_ok=True)
+    for hour in range(4):
+        shutil.copyfile(events_file, state_dir("incoming") / f"vehicles_events_2025110{hour + 1}000000.json")
+    discover()
+    limit = max_file_bytes(Registry().get("vehicles_events"))
+    assert 0.95 * limit < events_file.stat().st_size <= limit
+    environment = {**os.environ, "SPARK_MASTER": "local[4]", "LAKE_ENGINE": "spark"}
+    environment.pop("SPARK_DRIVER_MEMORY", None)
+    job = subprocess.run(
+        [sys.executable, "-m", "spark_jobs.vehicle_lake"], env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "OutOfMemoryError" not in job.stderr
+    assert len(lake_rows("vehicle_events")) == 4 * per_file
 
 
 def test_maintenance_expires_old_snapshots_and_removes_only_orphans(quirky):
