@@ -121,11 +121,9 @@ def invoke(args: list[str]):
             project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=target_dir()
         )
         return PrefectDbtRunner(settings=settings, raise_on_failure=False).invoke(args)
-    from dbt.cli.main import dbtRunner
 
     quiet = ["--log-level", "none", "--log-level-file", "info"]
-    runner = dbtRunner(callbacks=[log_unattached_warning])
-    result = runner.invoke([*args, *_project_options(), "--target-path", str(target_dir()), *quiet])
+    result = dbt_runner().invoke([*args, *_project_options(), "--target-path", str(target_dir()), *quiet])
     if not result.success and result.exception:
         raise DbtCommandFailed(f"dbt {' '.join(args)} failed: {result.exception}")
     return result
@@ -134,11 +132,16 @@ def invoke(args: list[str]):
 def listed(selector: str) -> list[str]:
     """A selector's nodes as dbt selections: dbt ls on the target dir's parse, not through Prefect
     (PrefectDbtRunner refuses --log-level none, and a listing is no task)."""
-    from dbt.cli.main import dbtRunner
-
     options = [*_project_options(), "--target-path", str(target_dir()), "--vars", AUDIT_VARS, "--no-write-json"]
     seed_partial_parse()
-    return selector_nodes(dbtRunner(callbacks=[log_unattached_warning]), selector, *options)
+    return selector_nodes(dbt_runner(), selector, *options)
+
+
+def dbt_runner():
+    """dbt's own runner, in this process, its unattached warnings logged."""
+    from dbt.cli.main import dbtRunner
+
+    return dbtRunner(callbacks=[log_unattached_warning])
 
 
 def log_unattached_warning(event) -> None:
@@ -146,7 +149,9 @@ def log_unattached_warning(event) -> None:
     config that applies to nothing) go to the run's log, since nothing of dbt's goes to the
     console; the nodes' own warnings the gate reports from run_results.json."""
     node = getattr(event.data, "node_info", None)
-    if event.info.level == "warn" and not (node is not None and node.unique_id):
+    attached = node is not None and node.unique_id
+    # dbt repeats each deprecation in a summary at the end of the command.
+    if event.info.level == "warn" and not attached and event.info.name != "DeprecationsSummary":
         run_logger().warning("dbt: %s", event.info.msg)
 
 
@@ -226,10 +231,13 @@ def last_publish(folder: Path | None = None) -> dict | None:
     return json.loads(recorded.read_text())
 
 
-def run_results(folder: Path | None = None) -> dict | None:
-    """The last dbt command's run_results.json in `folder` (the flow's target folder), if any."""
+def run_results(folder: Path | None = None, required: bool = False) -> dict | None:
+    """The last dbt command's run_results.json in `folder` (the flow's target folder); None when
+    there is none, unless it is `required`."""
     path = (folder or target_dir()) / "run_results.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists() and not required:
+        return None
+    return json.loads(path.read_text())
 
 
 def previous_run_failed(folder: Path | None = None) -> bool:
@@ -247,7 +255,7 @@ def previous_exclude() -> list[str]:
 def summarise(command: list[str], folder: Path | None = None) -> GateResult:
     """Read run_results.json and the manifest: what failed, on which model, with sample rows."""
     folder = folder or target_dir()
-    results = run_results(folder)["results"]
+    results = run_results(folder, required=True)["results"]
     nodes = json.loads((folder / "manifest.json").read_text())["nodes"]
     counts: dict[str, int] = {}
     errors, warnings = [], []
@@ -279,7 +287,7 @@ def node_results() -> list[dict]:
             "failures": result.get("failures"),
             "message": (result.get("message") or "").strip()[:300],
         }
-        for result in run_results()["results"]
+        for result in run_results(required=True)["results"]
     ]
 
 

@@ -55,7 +55,9 @@ def java_home() -> str:
 
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """The CPUs a container's CPU limit allows (cgroup v2 cpu.max, or v1's CFS quota); None when unlimited."""
+    """The CPUs a container's CPU limit allows (cgroup v2 cpu.max, or v1's CFS quota); None when
+    unlimited. Only the cgroup at the mount root, a container's own: outside a container a
+    quota set on a parent slice is missed, and the heap is then sized for more CPUs than run."""
     try:
         quota, period = (root / "cpu.max").read_text().split()[:2]
     except (OSError, ValueError):
@@ -79,7 +81,7 @@ def usable_cpus() -> int:
 def task_slots(master: str) -> int | None:
     """How many tasks a local master (local, local[N], local[*], local[N,F]) runs at once in the
     driver's JVM; None for a cluster, whose executors run them."""
-    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", master)
+    match = re.fullmatch(r"local(?:\[\s*(\*|\d+)\s*(?:,\s*\d+\s*)?\])?", master)
     if not match:
         return None
     if match[1] is None:
@@ -89,10 +91,15 @@ def task_slots(master: str) -> int | None:
 
 def default_driver_memory(master: str) -> str:
     """1 GB of heap per task slot of a local master, at least 2 GB (a cluster's driver only plans).
-    A task holds a whole file as one value and its parsed records: a file at the registry's
-    64 MiB limit took ~0.85 GB of heap (measured), so a fixed 2 GB ran out of heap with four
-    such files on local[4]."""
+    A task holds a whole file as one value and its parsed records: beside ~0.3 GB of the driver's
+    own, a file at the registry's 64 MiB limit took ~0.85 GB of heap (measured), so a fixed 2 GB
+    ran out of heap with four such files on local[4]."""
     return f"{max(2, task_slots(master) or 0)}g"
+
+
+def spark_master() -> str:
+    """SPARK_MASTER, by default local[*]: every task in this process's JVM, one per usable CPU."""
+    return os.environ.get("SPARK_MASTER") or "local[*]"
 
 
 def spark_session(app_name: str, master: str | None = None):
@@ -104,15 +111,13 @@ def spark_session(app_name: str, master: str | None = None):
 
     builder = SparkSession.builder.appName(app_name)
     if master or not SparkConf().contains("spark.master"):  # else spark-submit's --master wins
-        builder = builder.master(master or os.environ.get("SPARK_MASTER", "local[*]"))
+        builder = builder.master(master or spark_master())
     for key, value in SPARK_DEFAULTS.items():
         builder = builder.config(key, value)
     # Spark's stage progress bar in a terminal; none in logs, where it is carriage-return noise.
     builder = builder.config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
     # Only takes effect when this process starts the JVM (not under spark-submit).
-    memory = os.environ.get("SPARK_DRIVER_MEMORY") or default_driver_memory(
-        master or os.environ.get("SPARK_MASTER", "local[*]")
-    )
+    memory = os.environ.get("SPARK_DRIVER_MEMORY") or default_driver_memory(master or spark_master())
     builder = builder.config("spark.driver.memory", memory)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -56,7 +56,7 @@ from spark_jobs.record_rules import (
     typed_name,
     typed_sql,
 )
-from spark_jobs.session import spark_session
+from spark_jobs.session import spark_master, spark_session, task_slots
 
 log = logging.getLogger("spark_jobs.vehicle_lake")
 
@@ -338,8 +338,7 @@ def choose_engine(setting: str, waiting_bytes: int, small_batch_bytes: int, spar
 
 def spark_configured() -> bool:
     """SPARK_MASTER names a cluster (not local[...]), or spark-submit started this driver (its gateway is up)."""
-    master = os.environ.get("SPARK_MASTER") or "local"
-    return not master.startswith("local") or "PYSPARK_GATEWAY_PORT" in os.environ
+    return task_slots(spark_master()) is None or "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def start_engine(name: str):

@@ -356,6 +356,7 @@ def test_the_engine_is_duckdb_for_small_batches_and_spark_for_bulk_or_a_cluster(
         ({"SPARK_MASTER": "local[2]"}, False),
         ({"SPARK_MASTER": "spark://host:7077"}, True),
         ({"SPARK_MASTER": "k8s://https://api:6443"}, True),
+        ({"SPARK_MASTER": "local-cluster[2,1,1024]"}, True),
         ({"PYSPARK_GATEWAY_PORT": "40000"}, True),  # started by spark-submit
     ],
 )
@@ -371,12 +372,30 @@ def test_a_cluster_or_spark_submit_counts_as_spark_configured(monkeypatch, envir
 
 @pytest.mark.parametrize(
     ("master", "memory"),
-    [("local", "2g"), ("local[1]", "2g"), ("local[4]", "4g"), ("local[6,2]", "6g"), ("spark://host:7077", "2g")],
+    [
+        ("local", "2g"),
+        ("local[1]", "2g"),
+        ("local[4]", "4g"),
+        ("local[6,2]", "6g"),
+        ("local[ 3 , 2 ]", "3g"),
+        ("local-cluster[2,1,1024]", "2g"),  # executors of their own
+        ("spark://host:7077", "2g"),
+    ],
 )
 def test_the_default_driver_heap_is_a_gigabyte_per_local_task_slot_and_at_least_two(master, memory):
     from spark_jobs.session import default_driver_memory
 
     assert default_driver_memory(master) == memory
+
+
+@pytest.mark.parametrize(("affinity", "quota", "slots"), [(8, None, 8), (8, 1.5, 2), (8, 0.2, 1), (2, 4.0, 2)])
+def test_local_star_runs_a_task_per_cpu_the_jvm_sees(monkeypatch, affinity, quota, slots):
+    from spark_jobs import session
+
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(session, "cgroup_cpu_quota", lambda: quota)
+    assert session.task_slots("local[*]") == session.task_slots("local[*,3]") == slots
+    assert session.default_driver_memory("local[*]") == f"{max(2, slots)}g"
 
 
 @pytest.mark.parametrize(

@@ -371,7 +371,7 @@ def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir,
 
 # One target: the lake job's memory, not the warehouse's.
 @pytest.mark.one_target
-def test_a_file_at_the_size_limit_in_every_task_slot_fits_the_default_driver_heap(data_dir, tmp_path, monkeypatch):
+def test_a_file_at_the_size_limit_in_every_task_slot_fits_the_default_driver_heap(data_dir, tmp_path):
     """local[4]: four tasks each hold a file just under max_file_bytes at once. The driver's
     default heap grows with the task slots (a fixed 2 GB ran out of heap on this)."""
     generate(tmp_path, files=1, events_per_file=262_000, seed=5)
