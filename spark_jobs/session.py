@@ -110,14 +110,15 @@ def spark_session(app_name: str, master: str | None = None):
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
+    chosen = master or spark_master()
     if master or not SparkConf().contains("spark.master"):  # else spark-submit's --master wins
-        builder = builder.master(master or spark_master())
+        builder = builder.master(chosen)
     for key, value in SPARK_DEFAULTS.items():
         builder = builder.config(key, value)
     # Spark's stage progress bar in a terminal; none in logs, where it is carriage-return noise.
     builder = builder.config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
     # Only takes effect when this process starts the JVM (not under spark-submit).
-    memory = os.environ.get("SPARK_DRIVER_MEMORY") or default_driver_memory(master or spark_master())
+    memory = os.environ.get("SPARK_DRIVER_MEMORY") or default_driver_memory(chosen)
     builder = builder.config("spark.driver.memory", memory)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
