@@ -371,7 +371,7 @@ def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir,
 
 # One target: the lake job's memory, not the warehouse's.
 @pytest.mark.one_target
-def test_a_file_at_the_size_limit_in_every_task_slot_fits_the_default_driver_heap(data_dir, tmp_path):
+def test_a_file_at_the_size_limit_in_every_task_slot_fits_the_default_driver_heap(data_dir, tmp_path, monkeypatch):
     """local[4]: four tasks each hold a file just under max_file_bytes at once. The driver's
     default heap grows with the task slots (a fixed 2 GB ran out of heap on this)."""
     generate(tmp_path, files=1, events_per_file=262_000, seed=5)
@@ -383,11 +383,10 @@ def test_a_file_at_the_size_limit_in_every_task_slot_fits_the_default_driver_hea
     discover()
     limit = max_file_bytes(Registry().get("vehicles_events"))
     assert 0.95 * limit < events_file.stat().st_size <= limit
-    environment = {**os.environ, "SPARK_MASTER": "local[4]", "LAKE_ENGINE": "spark"}
-    environment.pop("SPARK_DRIVER_MEMORY", None)
-    job = subprocess.run(
-        [sys.executable, "-m", "spark_jobs.vehicle_lake"], env=environment, capture_output=True, text=True, timeout=600
-    )
+    monkeypatch.setenv("SPARK_MASTER", "local[4]")
+    monkeypatch.setenv("LAKE_ENGINE", "spark")
+    monkeypatch.delenv("SPARK_DRIVER_MEMORY", raising=False)
+    job = subprocess.run(LAKE_JOB, capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "OutOfMemoryError" not in job.stderr
     assert len(lake_rows("vehicle_events")) == 4 * per_file
