@@ -10,6 +10,7 @@ retry` (failed and skipped nodes only).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -138,13 +139,15 @@ def listed(selector: str) -> list[str]:
 
 
 def dbt_runner():
-    """dbt's own runner, in this process, its unattached warnings logged."""
+    """dbt's own runner, in this process, its unattached warnings logged to the run that made it."""
     from dbt.cli.main import dbtRunner
 
-    return dbtRunner(callbacks=[log_unattached_warning])
+    # dbt fires events from its worker threads too, which do not carry the Prefect run's context:
+    # the run's logger is taken here, in the run's own thread.
+    return dbtRunner(callbacks=[functools.partial(log_unattached_warning, logger=run_logger())])
 
 
-def log_unattached_warning(event) -> None:
+def log_unattached_warning(event, logger: logging.Logger | logging.LoggerAdapter) -> None:
     """dbt's warnings that belong to no node (a selection that matches nothing, a deprecation, a
     config that applies to nothing) go to the run's log, since nothing of dbt's goes to the
     console; the nodes' own warnings the gate reports from run_results.json."""
@@ -152,7 +155,7 @@ def log_unattached_warning(event) -> None:
     attached = node is not None and node.unique_id
     # dbt repeats each deprecation in a summary at the end of the command.
     if event.info.level == "warn" and not attached and event.info.name != "DeprecationsSummary":
-        run_logger().warning("dbt: %s", event.info.msg)
+        logger.warning("dbt: %s", event.info.msg)
 
 
 def manifest() -> dict:

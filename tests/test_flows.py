@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -195,3 +198,39 @@ def test_a_dbt_warning_that_belongs_to_no_node_reaches_the_log(data_dir, caplog)
     assert result.success
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("'no_such_model' does not match any enabled nodes" in message for message in warnings), warnings
+
+
+@pytest.mark.one_target
+def test_a_dbt_warning_fired_on_one_of_dbt_s_threads_reaches_the_run_s_log(prefect_api, data_dir):
+    # dbt runs its nodes on threads of its own, which do not carry the Prefect run's context.
+    from dbt.events.types import NoNodesForSelectionCriteria
+    from dbt_common.events.base_types import EventLevel, msg_from_base_event
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    warning = msg_from_base_event(NoNodesForSelectionCriteria(spec_raw="fired_on_a_worker_thread"), EventLevel.WARN)
+
+    @task
+    def dbt_warns_on_a_worker_thread():
+        [callback] = dbt_gate.dbt_runner().callbacks
+        worker = threading.Thread(target=callback, args=(warning,))
+        worker.start()
+        worker.join()
+
+    @flow
+    def with_dbt():
+        dbt_warns_on_a_worker_thread()
+
+    flow_run_id = with_dbt(return_state=True).state_details.flow_run_id
+    deadline = time.monotonic() + 30  # the run's logs are shipped to the API in the background
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            shipped = [log for log in logs if "fired_on_a_worker_thread" in log.message]
+            if shipped or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    [log] = shipped
+    assert log.message.startswith("dbt: ") and log.level == logging.WARNING
+    assert log.task_run_id is not None  # the task's log, where the run's other messages are
