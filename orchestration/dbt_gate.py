@@ -211,7 +211,7 @@ def _table_state(schema: str, table: str) -> list:
 def already_published(fingerprint: str | None) -> bool:
     """True when the last build was published from exactly these inputs (and did not fail since)."""
     recorded = target_dir() / PUBLISHED_INPUTS
-    if fingerprint is None or not recorded.exists() or previous_run_failed():
+    if fingerprint is None or not recorded.exists() or build_failed(run_results()):
         return False
     return json.loads(recorded.read_text()).get("fingerprint") == fingerprint
 
@@ -229,7 +229,7 @@ def last_publish(folder: Path | None = None) -> dict | None:
     failed (or nothing was ever published): only a green gate's marts are published."""
     folder = folder or target_dir()
     recorded = folder / PUBLISHED_INPUTS
-    if not recorded.exists() or previous_run_failed(folder):
+    if not recorded.exists() or build_failed(run_results(folder)):
         return None
     return json.loads(recorded.read_text())
 
@@ -243,22 +243,24 @@ def run_results(folder: Path | None = None, required: bool = False) -> dict | No
     return json.loads(path.read_text())
 
 
-def previous_run_failed(folder: Path | None = None) -> bool:
-    document = run_results(folder)
+def build_failed(document: dict | None) -> bool:
+    """Whether run_results.json (`document`, None when there is none) is a build's or retry's in
+    which a node failed or was skipped."""
     if document is None or document.get("args", {}).get("which") not in ("build", "retry"):
         return False
     return any(result["status"] in (*FAILED, "skipped") for result in document["results"])
 
 
-def previous_exclude() -> list[str]:
-    """What the last build or retry left out (--exclude), as run_results.json records it."""
-    return ((run_results() or {}).get("args") or {}).get("exclude") or []
+def excluded(document: dict | None) -> list[str]:
+    """What a build or retry left out (--exclude), as its run_results.json (`document`) records it."""
+    return ((document or {}).get("args") or {}).get("exclude") or []
 
 
-def summarise(command: list[str], folder: Path | None = None) -> GateResult:
-    """Read run_results.json and the manifest: what failed, on which model, with sample rows."""
+def summarise(command: list[str], document: dict, folder: Path | None = None) -> GateResult:
+    """From run_results.json (`document`) and the manifest in `folder`: what failed, on which
+    model, with sample rows."""
     folder = folder or target_dir()
-    results = run_results(folder, required=True)["results"]
+    results = document["results"]
     nodes = json.loads((folder / "manifest.json").read_text())["nodes"]
     counts: dict[str, int] = {}
     errors, warnings = [], []
@@ -280,8 +282,8 @@ def summarise(command: list[str], folder: Path | None = None) -> GateResult:
     return GateResult(command, counts, errors, warnings)
 
 
-def node_results() -> list[dict]:
-    """One row per node of the last build or retry (run_results.json): the `dbt-nodes` artifact."""
+def node_results(document: dict) -> list[dict]:
+    """One row per node of a build or retry (its run_results.json, `document`): the `dbt-nodes` artifact."""
     return [
         {
             "node": result["unique_id"],
@@ -290,7 +292,7 @@ def node_results() -> list[dict]:
             "failures": result.get("failures"),
             "message": (result.get("message") or "").strip()[:300],
         }
-        for result in run_results(required=True)["results"]
+        for result in document["results"]
     ]
 
 
@@ -308,11 +310,11 @@ def last_gate() -> tuple[datetime, GateResult] | None:
         if document is not None and (folder / "manifest.json").exists():
             if document.get("args", {}).get("which") in ("build", "retry"):
                 finished = datetime.fromisoformat(document["metadata"]["generated_at"].replace("Z", "+00:00"))
-                candidates.append((finished, folder, document["args"]["which"]))
+                candidates.append((finished, folder, document))
     if not candidates:
         return None
-    finished, folder, which = max(candidates)
-    return finished, summarise([which], folder)
+    finished, folder, document = max(candidates, key=lambda candidate: candidate[0])
+    return finished, summarise([document["args"]["which"]], document, folder)
 
 
 def _sample_rows(relation: str | None) -> list[dict]:

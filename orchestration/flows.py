@@ -149,16 +149,20 @@ def build_and_gate(selector: str | None, resume: bool, exclude: Sequence[str] = 
     """dbt build into marts_audit (or dbt retry after a failed run); raise if the gate is red."""
     # dbt retry repeats the failed build's selection: if a source loaded since then changed what
     # the plan leaves out, that build is stale and a new one runs.
-    if resume and dbt_gate.previous_run_failed() and dbt_gate.previous_exclude() == list(exclude):
+    previous = dbt_gate.run_results()
+    if resume and dbt_gate.build_failed(previous) and dbt_gate.excluded(previous) == list(exclude):
         get_run_logger().info("the previous dbt build failed: resuming with dbt retry")
         command = ["retry"]
     else:
         selection = build_plan.selection_args(selector, list(exclude), dbt_gate.listed)
         command = ["build", "--vars", dbt_gate.AUDIT_VARS, *selection]
     dbt_gate.invoke(command)
-    result = dbt_gate.summarise(command)
+    document = dbt_gate.run_results(required=True)
+    result = dbt_gate.summarise(command, document)
     create_markdown_artifact(key="dbt-gate", markdown=dbt_gate.markdown_report(result), description="dbt test gate")
-    create_table_artifact(key="dbt-nodes", table=dbt_gate.node_results(), description="each node of the gate's dbt run")
+    create_table_artifact(
+        key="dbt-nodes", table=dbt_gate.node_results(document), description="each node of the gate's dbt run"
+    )
     if not result.passed:
         raise dbt_gate.DbtGateFailed(dbt_gate.failure_message(result), result)
     for warning in result.warnings:
