@@ -243,10 +243,15 @@ def run_results(folder: Path | None = None, required: bool = False) -> dict | No
     return json.loads(path.read_text())
 
 
+def of_a_build(document: dict | None) -> bool:
+    """Whether run_results.json (`document`, None when there is none) is a build's or a retry's."""
+    return document is not None and document.get("args", {}).get("which") in ("build", "retry")
+
+
 def build_failed(document: dict | None) -> bool:
     """Whether run_results.json (`document`, None when there is none) is a build's or retry's in
     which a node failed or was skipped."""
-    if document is None or document.get("args", {}).get("which") not in ("build", "retry"):
+    if not of_a_build(document):
         return False
     return any(result["status"] in (*FAILED, "skipped") for result in document["results"])
 
@@ -307,10 +312,9 @@ def last_gate() -> tuple[datetime, GateResult] | None:
     candidates = []
     for folder in (target_dir(), plain_target_dir()):
         document = run_results(folder)
-        if document is not None and (folder / "manifest.json").exists():
-            if document.get("args", {}).get("which") in ("build", "retry"):
-                finished = datetime.fromisoformat(document["metadata"]["generated_at"].replace("Z", "+00:00"))
-                candidates.append((finished, folder, document))
+        if of_a_build(document) and (folder / "manifest.json").exists():
+            finished = datetime.fromisoformat(document["metadata"]["generated_at"].replace("Z", "+00:00"))
+            candidates.append((finished, folder, document))
     if not candidates:
         return None
     finished, folder, document = max(candidates, key=lambda candidate: candidate[0])

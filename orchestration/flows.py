@@ -149,7 +149,7 @@ def build_and_gate(selector: str | None, resume: bool, exclude: Sequence[str] = 
     """dbt build into marts_audit (or dbt retry after a failed run); raise if the gate is red."""
     # dbt retry repeats the failed build's selection: if a source loaded since then changed what
     # the plan leaves out, that build is stale and a new one runs.
-    previous = dbt_gate.run_results()
+    previous = dbt_gate.run_results() if resume else None
     if resume and dbt_gate.build_failed(previous) and dbt_gate.excluded(previous) == list(exclude):
         get_run_logger().info("the previous dbt build failed: resuming with dbt retry")
         command = ["retry"]
