@@ -9,8 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,21 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def run_logs(flow_run_ids: list, enough: Callable[[list], bool], timeout: float = 60) -> list:
+    """The logs the Prefect API holds for these flow runs, read again until `enough(logs)` or
+    the timeout: a run ships its logs to the API in the background, after the run has returned."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)))
+            if enough(logs) or time.monotonic() > deadline:
+                return logs
+            time.sleep(1)
 
 
 def rows(sql: str, params=()) -> list[tuple]:

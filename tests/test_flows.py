@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from loaders.modes import ModeError
 from orchestration import dbt_gate
 from orchestration.flows import elt, print_summary, summarise_run, wait_until_task_runs_are_recorded
 
-from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows
+from .conftest import lay_out_api_recordings, lay_out_as_site, real_csv_files, rows, run_logs
 
 pytestmark = pytest.mark.integration
 
@@ -206,10 +205,11 @@ def test_a_dbt_warning_fired_on_one_of_dbt_s_threads_reaches_the_run_s_log(prefe
     from dbt.events.types import NoNodesForSelectionCriteria
     from dbt_common.events.base_types import EventLevel, msg_from_base_event
     from prefect import flow, task
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     warning = msg_from_base_event(NoNodesForSelectionCriteria(spec_raw="fired_on_a_worker_thread"), EventLevel.WARN)
+
+    def fired_on_a_worker_thread(log) -> bool:
+        return "fired_on_a_worker_thread" in log.message
 
     @task
     def dbt_warns_on_a_worker_thread():
@@ -223,14 +223,7 @@ def test_a_dbt_warning_fired_on_one_of_dbt_s_threads_reaches_the_run_s_log(prefe
         dbt_warns_on_a_worker_thread()
 
     flow_run_id = with_dbt(return_state=True).state_details.flow_run_id
-    deadline = time.monotonic() + 30  # the run's logs are shipped to the API in the background
-    with get_client(sync_client=True) as client:
-        while True:
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            shipped = [log for log in logs if "fired_on_a_worker_thread" in log.message]
-            if shipped or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-    [log] = shipped
+    logs = run_logs([flow_run_id], lambda logs: any(fired_on_a_worker_thread(log) for log in logs), timeout=30)
+    [log] = [log for log in logs if fired_on_a_worker_thread(log)]
     assert log.message.startswith("dbt: ") and log.level == logging.WARNING
     assert log.task_run_id is not None  # the task's log, where the run's other messages are

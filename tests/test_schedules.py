@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -40,6 +40,7 @@ from .conftest import (
     listens_on_loopback_only,
     real_csv_files,
     rows,
+    run_logs,
     sample_matches,
 )
 from .processes import free_port, stop_group
@@ -158,16 +159,14 @@ def wait_for_final_states(flow_run_ids: list, timeout: float = 240) -> list:
 
 def warehouse_turns(flow_run_ids: list, expected: int, timeout: float = 60) -> list[tuple]:
     """(taken, released, seconds waited, flow run) per warehouse-writing step, from the run logs
-    the Prefect API holds; waits for the log shipping to deliver all `expected` turns."""
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)))
-            taken = {log.task_run_id: log for log in logs if log.message.startswith(TURN_TAKEN)}
-            released = {log.task_run_id: log for log in logs if log.message == TURN_RELEASED}
-            if len(released) >= expected or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+    the Prefect API holds, once all `expected` turns have reached it."""
+
+    def released_in(logs: list) -> dict:
+        return {log.task_run_id: log for log in logs if log.message == TURN_RELEASED}
+
+    logs = run_logs(flow_run_ids, lambda logs: len(released_in(logs)) >= expected, timeout)
+    taken = {log.task_run_id: log for log in logs if log.message.startswith(TURN_TAKEN)}
+    released = released_in(logs)
     turns = []
     for task_run_id, log in taken.items():
         waited = float(re.search(r"after waiting ([0-9.]+)s", log.message)[1])
