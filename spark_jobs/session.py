@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 SPARK_DEFAULTS = {
@@ -89,12 +90,25 @@ def task_slots(master: str) -> int | None:
     return usable_cpus() if match[1] == "*" else int(match[1])
 
 
-def default_driver_memory(master: str) -> str:
-    """1 GB of heap per task slot of a local master, at least 2 GB (a cluster's driver only plans).
-    A task holds a whole file as one value and its parsed records: beside ~0.3 GB of the driver's
-    own, a file at the registry's 64 MiB limit took ~0.85 GB of heap (measured), so a fixed 2 GB
-    ran out of heap with four such files on local[4]."""
-    return f"{max(2, task_slots(master) or 0)}g"
+# A task holds a whole file as one value, Spark's copies of it and its parsed records: measured
+# at max_file_bytes (64 MiB), ~9× the file's size for the vehicle events and ~11× for the shorter
+# status records. The default heap allows 16× for each file held at once, beside the driver's
+# own (~0.3 GB measured).
+HEAP_PER_FILE_BYTE = 16
+DRIVER_OWN_HEAP = 512 << 20
+
+
+def default_driver_memory(master: str, file_sizes: Iterable[int] = ()) -> str:
+    """For a local master, 1 GB of heap per task slot and at least 2 GB (each task also holds its
+    share of Spark's shuffle and sort pages and a Parquet row group), or more when the batch's
+    largest files, one in each slot at once, need it; 2 GB for a cluster's driver, which only
+    plans. `file_sizes`: the bytes of each file the job reads."""
+    slots = task_slots(master)
+    if slots is None:
+        return "2g"
+    floor = max(2, slots) << 30
+    needed = DRIVER_OWN_HEAP + HEAP_PER_FILE_BYTE * sum(sorted(file_sizes, reverse=True)[:slots])
+    return f"{floor >> 30}g" if needed <= floor else f"{math.ceil(needed / 2**20)}m"
 
 
 def spark_master() -> str:
@@ -102,8 +116,9 @@ def spark_master() -> str:
     return os.environ.get("SPARK_MASTER") or "local[*]"
 
 
-def spark_session(app_name: str, master: str | None = None):
-    """A SparkSession on SPARK_MASTER (default local[*]); an active one is reused (spark-submit)."""
+def spark_session(app_name: str, master: str | None = None, file_sizes: Iterable[int] = ()):
+    """A SparkSession on SPARK_MASTER (default local[*]); an active one is reused (spark-submit).
+    `file_sizes`: the bytes of each file the job will read, for the default driver heap."""
     os.environ["JAVA_HOME"] = java_home()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark import SparkConf
@@ -118,7 +133,7 @@ def spark_session(app_name: str, master: str | None = None):
     # Spark's stage progress bar in a terminal; none in logs, where it is carriage-return noise.
     builder = builder.config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
     # Only takes effect when this process starts the JVM (not under spark-submit).
-    memory = os.environ.get("SPARK_DRIVER_MEMORY") or default_driver_memory(chosen)
+    memory = os.environ.get("SPARK_DRIVER_MEMORY") or default_driver_memory(chosen, file_sizes)
     builder = builder.config("spark.driver.memory", memory)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

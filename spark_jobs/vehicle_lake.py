@@ -158,8 +158,8 @@ class SparkEngine:
     name = "spark"
     batches_side_by_side = True
 
-    def __init__(self) -> None:
-        self.spark = spark_session("vehicle_lake")
+    def __init__(self, file_sizes: list[int]) -> None:
+        self.spark = spark_session("vehicle_lake", file_sizes=file_sizes)
         log.info("Spark master %s", self.spark.sparkContext.master)
 
     def write_batch(self, file_type: FileType, paths: list[Path], output: BatchOutput) -> dict[str, str]:
@@ -344,9 +344,10 @@ def spark_configured() -> bool:
     return task_slots(spark_master()) is None or "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def start_engine(name: str):
+def start_engine(name: str, file_sizes: list[int]):
+    """`file_sizes`: the bytes of each file the engine will read (Spark sizes its default heap by them)."""
     if name == "spark":
-        return SparkEngine()
+        return SparkEngine(file_sizes)
     from spark_jobs.duckdb_engine import DuckDBEngine
 
     return DuckDBEngine()
@@ -366,7 +367,13 @@ def run(registry: Registry | None = None) -> list[TypeReport]:
     waiting_bytes = sum(path.stat().st_size for _, paths in work.values() for path in paths)
     name = choose_engine(lake_engine(), waiting_bytes, lake_small_batch_bytes(), spark_configured())
     log.info("%s engine for %d bytes of waiting JSON, %d file type(s)", name, waiting_bytes, len(work))
-    engine = start_engine(name)
+    to_read = [
+        size
+        for file_type, paths in work.values()
+        for path in paths
+        if (size := path.stat().st_size) <= max_file_bytes(file_type)
+    ]
+    engine = start_engine(name, to_read)
     lake = catalog()
     now = datetime.now(UTC).replace(tzinfo=None)
     return process_types(engine, lake, list(work.values()), now)

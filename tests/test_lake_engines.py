@@ -386,6 +386,29 @@ def test_the_default_driver_heap_is_a_gigabyte_per_local_task_slot_and_at_least_
     from spark_jobs.session import default_driver_memory
 
     assert default_driver_memory(master) == memory
+    assert default_driver_memory(master, [2_500_000] * 400) == memory  # the bench's hourly files
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("master", "file_sizes", "memory"),
+    [
+        # 512 MiB of the driver's own + 16 × the files held at once, one per task slot
+        ("local[2]", [64 * MIB, 64 * MIB, MIB], f"{512 + 16 * 128}m"),
+        ("local[2]", [MIB, 128 * MIB, 3 * MIB, 128 * MIB], f"{512 + 16 * 256}m"),
+        ("local[1]", [MIB, 100 * MIB, 90 * MIB], f"{512 + 16 * 100}m"),
+        ("local[4]", [64 * MIB] * 4, f"{512 + 16 * 256}m"),
+        ("local[4]", [64 * MIB] * 3, "4g"),  # 3,584 MiB needed: the slots' 4 GB hold it
+        ("local[2]", [96 * MIB], "2g"),  # one file: 2,048 MiB
+        ("spark://host:7077", [128 * MIB] * 2, "2g"),  # the executors hold the files
+    ],
+)
+def test_the_default_driver_heap_holds_the_batch_s_largest_files_one_per_task_slot(master, file_sizes, memory):
+    from spark_jobs.session import default_driver_memory
+
+    assert default_driver_memory(master, file_sizes) == memory
 
 
 @pytest.mark.parametrize(("affinity", "quota", "slots"), [(8, None, 8), (8, 1.5, 2), (8, 0.2, 1), (2, 4.0, 2)])

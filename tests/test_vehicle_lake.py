@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -371,25 +372,35 @@ def test_sigkill_during_the_lake_job_then_rerun_ends_with_exact_counts(data_dir,
 
 # One target: the lake job's memory, not the warehouse's.
 @pytest.mark.one_target
-def test_a_file_at_the_size_limit_in_every_task_slot_fits_the_default_driver_heap(data_dir, tmp_path, monkeypatch):
-    """local[4]: four tasks each hold a file just under max_file_bytes at once. The driver's
-    default heap grows with the task slots (a fixed 2 GB ran out of heap on this)."""
-    generate(tmp_path, files=1, events_per_file=262_000, seed=5)
+def test_files_at_a_raised_size_limit_in_every_task_slot_fit_the_default_driver_heap(data_dir, tmp_path, monkeypatch):
+    """A registry that raises max_file_bytes to 128 MiB, and a file just under it in each of
+    local[2]'s task slots at once: the default heap is sized by the batch's largest files (a
+    fixed 2 GB ran out of heap on this)."""
+    from lake import registry
+
+    raised = 128 << 20
+    seed = [
+        dataclasses.replace(t, processing={**t.processing, "max_file_bytes": raised})
+        if t.file_type == "vehicles_events"
+        else t
+        for t in registry.seed_file_types()
+    ]
+    monkeypatch.setattr(registry, "seed_file_types", lambda: seed)  # as if file_types.yml said so
+    per_file = generate(tmp_path, files=1, events_per_file=524_000, seed=5).good["vehicles_events"]
     [events_file] = tmp_path.glob("vehicles_events_*.json")
-    per_file = len(json.loads(events_file.read_bytes())["vehicles_events"])
     state_dir("incoming").mkdir(parents=True, exist_ok=True)
-    for hour in range(4):
-        shutil.copyfile(events_file, state_dir("incoming") / f"vehicles_events_2025110{hour + 1}000000.json")
+    for hour in range(2):
+        os.link(events_file, state_dir("incoming") / f"vehicles_events_2025110{hour + 1}000000.json")
     discover()
-    limit = max_file_bytes(Registry().get("vehicles_events"))
-    assert 0.95 * limit < events_file.stat().st_size <= limit
-    monkeypatch.setenv("SPARK_MASTER", "local[4]")
+    assert max_file_bytes(Registry().get("vehicles_events")) == raised
+    assert 0.95 * raised < events_file.stat().st_size <= raised
+    monkeypatch.setenv("SPARK_MASTER", "local[2]")
     monkeypatch.setenv("LAKE_ENGINE", "spark")
     monkeypatch.delenv("SPARK_DRIVER_MEMORY", raising=False)
     job = subprocess.run(LAKE_JOB, capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "OutOfMemoryError" not in job.stderr
-    assert len(lake_rows("vehicle_events")) == 4 * per_file
+    assert catalog().load_table(f"{NAMESPACE}.vehicle_events").scan().to_arrow().num_rows == 2 * per_file
 
 
 def test_maintenance_expires_old_snapshots_and_removes_only_orphans(quirky):
