@@ -160,7 +160,8 @@ class SparkEngine:
 
     def __init__(self, file_sizes: list[int]) -> None:
         self.spark = spark_session("vehicle_lake", file_sizes=file_sizes)
-        log.info("Spark master %s", self.spark.sparkContext.master)
+        conf = self.spark.sparkContext.getConf()
+        log.info("Spark master %s, driver heap %s", conf.get("spark.master"), conf.get("spark.driver.memory"))
 
     def write_batch(self, file_type: FileType, paths: list[Path], output: BatchOutput) -> dict[str, str]:
         """Good rows as Parquet, one file per day, and rejected rows in one file; returns the
@@ -267,9 +268,9 @@ def prepare_type(engine_name: str, lake, file_type: FileType, paths: list[Path],
             report.recovered_files.append(path.name)
         elif path.stat().st_size == 0:
             report.failed_files[path.name] = "empty file"
-        elif path.stat().st_size > (limit := max_file_bytes(file_type)):
+        elif not within_size_limit(path, file_type):
             # Refused before an engine reads it: a file is read as one value, so its size bounds memory.
-            report.failed_files[path.name] = f"file larger than max_file_bytes={limit}"
+            report.failed_files[path.name] = f"file larger than max_file_bytes={max_file_bytes(file_type)}"
         else:
             todo.append(path)
     for name, reason in report.failed_files.items():
@@ -330,6 +331,10 @@ def max_file_bytes(file_type: FileType) -> int:
     return int(file_type.processing.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))
 
 
+def within_size_limit(path: Path, file_type: FileType) -> bool:
+    return path.stat().st_size <= max_file_bytes(file_type)
+
+
 def choose_engine(setting: str, waiting_bytes: int, small_batch_bytes: int, spark_configured: bool) -> str:
     """LAKE_ENGINE spark|duckdb is obeyed; auto sends a batch to Spark when a cluster (or
     spark-submit) is configured or the waiting JSON reaches the small-batch threshold, where a
@@ -367,13 +372,8 @@ def run(registry: Registry | None = None) -> list[TypeReport]:
     waiting_bytes = sum(path.stat().st_size for _, paths in work.values() for path in paths)
     name = choose_engine(lake_engine(), waiting_bytes, lake_small_batch_bytes(), spark_configured())
     log.info("%s engine for %d bytes of waiting JSON, %d file type(s)", name, waiting_bytes, len(work))
-    to_read = [
-        size
-        for file_type, paths in work.values()
-        for path in paths
-        if (size := path.stat().st_size) <= max_file_bytes(file_type)
-    ]
-    engine = start_engine(name, to_read)
+    to_read = [path for file_type, paths in work.values() for path in paths if within_size_limit(path, file_type)]
+    engine = start_engine(name, [path.stat().st_size for path in to_read])
     lake = catalog()
     now = datetime.now(UTC).replace(tzinfo=None)
     return process_types(engine, lake, list(work.values()), now)

@@ -400,7 +400,7 @@ def test_files_at_a_raised_size_limit_in_every_task_slot_fit_the_default_driver_
     job = subprocess.run(LAKE_JOB, capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "OutOfMemoryError" not in job.stderr
-    assert catalog().load_table(f"{NAMESPACE}.vehicle_events").scan().to_arrow().num_rows == 2 * per_file
+    assert table("vehicle_events").scan().to_arrow().num_rows == 2 * per_file
 
 
 def test_maintenance_expires_old_snapshots_and_removes_only_orphans(quirky):
