@@ -266,9 +266,9 @@ def prepare_type(engine_name: str, lake, file_type: FileType, paths: list[Path],
         if path.name in in_table:  # committed before a crash, not yet moved
             lifecycle.move(path, lifecycle.state_dir("processed", file_type.file_type))
             report.recovered_files.append(path.name)
-        elif path.stat().st_size == 0:
+        elif (size := path.stat().st_size) == 0:
             report.failed_files[path.name] = "empty file"
-        elif not within_size_limit(path, file_type):
+        elif not within_size_limit(size, file_type):
             # Refused before an engine reads it: a file is read as one value, so its size bounds memory.
             report.failed_files[path.name] = f"file larger than max_file_bytes={max_file_bytes(file_type)}"
         else:
@@ -331,8 +331,8 @@ def max_file_bytes(file_type: FileType) -> int:
     return int(file_type.processing.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))
 
 
-def within_size_limit(path: Path, file_type: FileType) -> bool:
-    return path.stat().st_size <= max_file_bytes(file_type)
+def within_size_limit(size: int, file_type: FileType) -> bool:
+    return size <= max_file_bytes(file_type)
 
 
 def choose_engine(setting: str, waiting_bytes: int, small_batch_bytes: int, spark_configured: bool) -> str:
@@ -369,11 +369,11 @@ def run(registry: Registry | None = None) -> list[TypeReport]:
             work[file_type.file_type] = (file_type, paths)
     if not work:
         return []
-    waiting_bytes = sum(path.stat().st_size for _, paths in work.values() for path in paths)
+    sizes = [(file_type, path.stat().st_size) for file_type, paths in work.values() for path in paths]
+    waiting_bytes = sum(size for _, size in sizes)
     name = choose_engine(lake_engine(), waiting_bytes, lake_small_batch_bytes(), spark_configured())
     log.info("%s engine for %d bytes of waiting JSON, %d file type(s)", name, waiting_bytes, len(work))
-    to_read = [path for file_type, paths in work.values() for path in paths if within_size_limit(path, file_type)]
-    engine = start_engine(name, [path.stat().st_size for path in to_read])
+    engine = start_engine(name, [size for file_type, size in sizes if within_size_limit(size, file_type)])
     lake = catalog()
     now = datetime.now(UTC).replace(tzinfo=None)
     return process_types(engine, lake, list(work.values()), now)
