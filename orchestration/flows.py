@@ -26,13 +26,12 @@ import dlt
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging.handlers import PrefectConsoleHandler
-from prefect.settings import get_current_settings
 
 from core.secrets import resolve_into_environment
 from core.settings import data_dir, data_dir_or_exit, ensure_data_dir, environment
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.pipelines import pipeline
-from orchestration import alerts, build_plan, dbt_gate
+from orchestration import alerts, build_plan, dbt_gate, temporary_api
 from orchestration.concurrency import writes_to_warehouse
 from orchestration.report import HTML_REPORT, export_reports, report_dir
 
@@ -372,10 +371,10 @@ def quiet_task_runs_on_the_console() -> None:
 
 def wait_until_task_runs_are_recorded(flow_run_id: UUID, last_task: str | None, timeout: float = 60) -> None:
     """Prefect's server records task runs from the events a run sends, one event at a time and in
-    the order they were sent. The temporary API stops when this process exits; stopped in the
-    middle of recording an event, it cancels that write and logs `Error flushing 1 events` with a
-    traceback. So before exiting, send what is queued and wait until the task run that started last
-    (`last_task`, when known) is recorded in a final state: everything sent before it is then too."""
+    the order they were sent. The temporary API stops when the run ends; stopped in the middle of
+    recording an event, it cancels that write (`Error flushing 1 events`). So before it stops, send
+    what is queued and wait until the task run that started last (`last_task`, when known) is
+    recorded in a final state: everything sent before it is then too, and the summary reads it."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
@@ -406,9 +405,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.verbose:
         quiet_task_runs_on_the_console()
-    temporary_api = get_current_settings().api.url is None
+    with temporary_api.when_needed() as temporary:
+        return run_and_summarise(started, temporary)
+
+
+def run_and_summarise(started: float, temporary: bool = False) -> int:
+    """One elt run and its summary; on a temporary API, once the run's task runs are recorded."""
     state = elt(return_state=True)
-    if temporary_api:
+    if temporary:
         last_task = summarise_run.name if state.is_completed() else None
         wait_until_task_runs_are_recorded(state.state_details.flow_run_id, last_task)
     if not state.is_completed():

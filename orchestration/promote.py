@@ -29,7 +29,7 @@ from core.secrets import resolve_into_environment
 from core.settings import data_dir, data_dir_or_exit, postgres_credentials, target, warehouse_path
 from core.warehouse import when_unlocked
 from lake.identifiers import validate_identifier
-from orchestration import dbt_gate
+from orchestration import dbt_gate, temporary_api
 
 SOURCE_ENV, DESTINATION_ENV = "staging", "prod"
 MARTS = "marts"
@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     except PromotionRefused as error:
         print(f"error: promotion refused: {error}", file=sys.stderr)
         return 1
-    state = promote(return_state=True)
+    with temporary_api.when_needed():
+        state = promote(return_state=True)
     if not state.is_completed():
         print(f"error: the promote run ended {state.name}. {state.message}", file=sys.stderr)
         return 1

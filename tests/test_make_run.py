@@ -47,4 +47,6 @@ def test_consecutive_make_runs_on_a_new_data_dir_print_no_traceback(tmp_path, ta
         assert "[Stage " not in output and "Rate:" not in output, f"run {run}:\n{output[-8000:]}"
         assert len(output.splitlines()) < 150, f"run {run} printed {len(output.splitlines())} lines:\n{output}"
     assert data_dir.is_dir() and (data_dir / ".prefect" / "prefect.db").is_file()
+    # The temporary API logged to its own file (a warning or error there is named in one line).
+    assert (data_dir / ".prefect" / "temporary-api.log").is_file()
     assert "nothing new since the last published build" in outputs[-1]

@@ -1,0 +1,84 @@
+"""Prefect's temporary API for a run with no PREFECT_API_URL (`make run`, `make promote`), with its
+own log file.
+
+Prefect starts that server by itself (a subprocess on a SQLite database in PREFECT_HOME) and lets it
+log to the run's console. On SQLite its writers conflict under load: a transaction that read
+before it writes fails at once with `database is locked`, which Prefect retries (an API request
+answers 503 and the client sends it again; the task-run recorder puts the events back in its
+queue) but logs with a traceback. Started here instead, the same server logs to
+PREFECT_HOME/temporary-api.log, and the run ends with one line naming what it logged there.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_HOME, PREFECT_LOGGING_SETTINGS_PATH, get_current_settings, temporary_settings
+
+LOGGING_CONFIG = Path(__file__).with_name("temporary_api_logging.yml")
+LOG_FILE_NAME = "temporary-api.log"
+DRAIN_TIMEOUT = 60
+# A record's first line, as temporary_api_logging.yml formats it: "<time> | <LEVEL> | <logger> - <message>".
+PROBLEM = re.compile(r"^\S+ \S+ \| (WARNING|ERROR|CRITICAL)\s* \| \S+ - (.*)$", re.MULTILINE)
+
+
+def needed() -> bool:
+    """Whether Prefect would start its temporary API: no API URL is configured."""
+    return get_current_settings().api.url is None
+
+
+def log_file() -> Path:
+    return PREFECT_HOME.value() / LOG_FILE_NAME
+
+
+@contextmanager
+def when_needed() -> Iterator[bool]:
+    """When no API URL is configured: Prefect's temporary API server, started before the run asks
+    for it (Prefect's clients then use this one) with its logs in PREFECT_HOME/temporary-api.log,
+    and stopped on exit, after which one line on stderr names what it logged as warnings or errors
+    meanwhile (its final flush of recorded events happens as it stops). Yields whether it started
+    one."""
+    if not needed():
+        yield False
+        return
+    log = log_file()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = log.stat().st_size if log.exists() else 0
+    server = SubprocessASGIServer()
+    # The server's environment is built from the current settings when it starts.
+    with temporary_settings({PREFECT_LOGGING_SETTINGS_PATH: LOGGING_CONFIG}):
+        server.start()
+    try:
+        yield True
+    finally:
+        # What the run queued for the API is sent first: a client sending after the stop would
+        # start another temporary server.
+        EventsWorker.drain_all(timeout=DRAIN_TIMEOUT)
+        APILogWorker.drain_all(timeout=DRAIN_TIMEOUT)
+        server.stop()
+        if problems := problems_logged(log, start):
+            print(describe_problems(problems), file=sys.stderr)
+
+
+def problems_logged(log: Path, start: int = 0) -> list[str]:
+    """The first line of each warning or error record in the log after byte `start`."""
+    if not log.exists():
+        return []
+    with log.open("rb") as file:
+        file.seek(start)
+        text = file.read().decode("utf-8", errors="replace")
+    return [f"{level}: {message}" for level, message in PROBLEM.findall(text)]
+
+
+def describe_problems(problems: list[str]) -> str:
+    """One line for the end of a run: how many warnings and errors the temporary API logged, the
+    first of them, and where the rest are."""
+    records = f"{len(problems)} warning or error record{'s' if len(problems) != 1 else ''}"
+    return f"note: Prefect's temporary API logged {records} (the first: {problems[0]}); all in {log_file()}"
