@@ -2,10 +2,10 @@
 own log file.
 
 Prefect starts that server by itself (a subprocess on a SQLite database in PREFECT_HOME) and lets it
-log to the run's console. On SQLite its writers conflict under load: a transaction that read
-before it writes fails at once with `database is locked`, which Prefect retries (an API request
-answers 503 and the client sends it again; the task-run recorder puts the events back in its
-queue) but logs with a traceback. Started here instead, the same server logs to
+log to the run's console. On SQLite its writers conflict on a busy machine: a transaction that read
+before it writes fails at once with `database is locked`. Its services retry what failed (the
+task-run recorder puts the events back in its queue) but log each failure with a traceback, which
+landed in the middle of the run's output. Started here instead, the same server logs to
 PREFECT_HOME/temporary-api.log, and the run ends with one line naming what it logged there.
 """
 
@@ -17,9 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prefect.events.worker import EventsWorker
-from prefect.logging.handlers import APILogWorker
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_HOME, PREFECT_LOGGING_SETTINGS_PATH, get_current_settings, temporary_settings
 
 LOGGING_CONFIG = Path(__file__).with_name("temporary_api_logging.yml")
@@ -27,6 +24,7 @@ LOG_FILE_NAME = "temporary-api.log"
 DRAIN_TIMEOUT = 60
 # A record's first line, as temporary_api_logging.yml formats it: "<time> | <LEVEL> | <logger> - <message>".
 PROBLEM = re.compile(r"^\S+ \S+ \| (WARNING|ERROR|CRITICAL)\s* \| \S+ - (.*)$", re.MULTILINE)
+NOTE = "note: Prefect's temporary API logged"
 
 
 def needed() -> bool:
@@ -48,22 +46,28 @@ def when_needed() -> Iterator[bool]:
     if not needed():
         yield False
         return
+    # Imported here: the server's modules take seconds to import, and most runs have an API.
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
     log = log_file()
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log.stat().st_size if log.exists() else 0
     server = SubprocessASGIServer()
-    # The server's environment is built from the current settings when it starts.
-    with temporary_settings({PREFECT_LOGGING_SETTINGS_PATH: LOGGING_CONFIG}):
-        server.start()
     try:
+        # The server's environment is built from the current settings when it starts.
+        with temporary_settings({PREFECT_LOGGING_SETTINGS_PATH: LOGGING_CONFIG}):
+            server.start()
         yield True
-    finally:
         # What the run queued for the API is sent first: a client sending after the stop would
         # start another temporary server.
         EventsWorker.drain_all(timeout=DRAIN_TIMEOUT)
         APILogWorker.drain_all(timeout=DRAIN_TIMEOUT)
+    finally:
         server.stop()
         if problems := problems_logged(log, start):
+            sys.stdout.flush()  # after the run's own output, when both go to one file
             print(describe_problems(problems), file=sys.stderr)
 
 
@@ -81,4 +85,4 @@ def describe_problems(problems: list[str]) -> str:
     """One line for the end of a run: how many warnings and errors the temporary API logged, the
     first of them, and where the rest are."""
     records = f"{len(problems)} warning or error record{'s' if len(problems) != 1 else ''}"
-    return f"note: Prefect's temporary API logged {records} (the first: {problems[0]}); all in {log_file()}"
+    return f"{NOTE} {records} (the first: {problems[0]}); all in {log_file()}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import PROJECT_ROOT
-from orchestration.temporary_api import LOG_FILE_NAME, describe_problems, problems_logged
+from orchestration.temporary_api import LOG_FILE_NAME, NOTE, describe_problems, problems_logged
 
 pytestmark = pytest.mark.one_target
 
@@ -45,26 +45,27 @@ def run_python(code: str, prefect_home: Path) -> subprocess.CompletedProcess:
 def test_an_error_on_the_temporary_api_goes_to_its_log_and_one_line_names_it(tmp_path):
     home = tmp_path / "prefect"
     ours = run_python(ON_OURS + textwrap.indent(REFUSED_TASK_RUN, "    "), home)
-    assert ours.returncode == 0, ours.stderr[-3000:]
-    assert "status 409" in ours.stdout  # the server refused the task run: the fault happened there
+    console = f"stdout:\n{ours.stdout[-2000:]}\nstderr:\n{ours.stderr[-5000:]}"
+    assert ours.returncode == 0, console
+    assert "status 409" in ours.stdout, console  # the server refused the task run: the fault happened there
     log = (home / LOG_FILE_NAME).read_text()
-    assert "Encountered exception in request" in log and "FOREIGN KEY constraint failed" in log
+    assert "Encountered exception in request" in log and "FOREIGN KEY constraint failed" in log, log[-5000:]
     assert "Traceback" in log
     # Off the console: one line names it and where the rest is.
-    assert "Traceback" not in ours.stderr and "FOREIGN KEY" not in ours.stderr
-    assert ours.stderr.strip().splitlines()[-1] == (
-        "note: Prefect's temporary API logged 1 warning or error record"
-        f" (the first: ERROR: Encountered exception in request:); all in {home / LOG_FILE_NAME}"
-    )
+    assert "Traceback" not in ours.stderr and "FOREIGN KEY" not in ours.stderr, console
+    # (a busy machine may add a retried `database is locked` of the server's own)
+    assert "ERROR: Encountered exception in request:" in problems_logged(home / LOG_FILE_NAME)
+    note = ours.stderr.strip().splitlines()[-1]
+    assert note.startswith(f"{NOTE} ") and note.endswith(f"; all in {home / LOG_FILE_NAME}"), console
 
     # As Prefect starts it by itself (on the same, already migrated, database), the same error's
     # traceback lands on the run's console.
     prefects = run_python(ON_PREFECTS_OWN + REFUSED_TASK_RUN, home)
-    assert prefects.returncode == 0 and "status 409" in prefects.stdout, prefects.stderr[-3000:]
-    assert "Traceback" in prefects.stderr and "FOREIGN KEY constraint failed" in prefects.stderr
+    assert prefects.returncode == 0 and "status 409" in prefects.stdout, prefects.stderr[-5000:]
+    assert "Traceback" in prefects.stderr and "FOREIGN KEY constraint failed" in prefects.stderr, prefects.stderr[-5000:]
 
 
-def test_a_second_run_names_only_what_the_temporary_api_logged_during_it(tmp_path):
+def test_the_note_names_only_what_was_logged_after_the_run_started(tmp_path):
     log = tmp_path / LOG_FILE_NAME
     earlier = "2026-12-01 13:59:33,310 | ERROR   | docket.dependencies - send_telemetry_heartbeat()\nTraceback:\n"
     log.write_text(earlier)
