@@ -131,6 +131,7 @@ LONGEST_FILES_FIRST = (
     "test_alerts.py",
     "test_make_run.py",
     "test_lake_engines.py",
+    "test_temporary_api.py",
     "test_football_csv_load.py",
     "test_football_api.py",
     "test_deploy.py",
