@@ -111,12 +111,13 @@ $(PREFECT_DB): $(SETUP_STAMP)
 run: setup $(PREFECT_DB)
 	$(BIN)/python -m orchestration.flows $(if $(VERBOSE),--verbose)
 
-# Two workers by default (CI's 2 cores): the suite mostly waits on Spark, dbt and Prefect
-# subprocesses. A file's tests stay on one worker, so module-scoped databases are made once.
+# Three workers on CI's 2 cores: the suite often waits on Spark, dbt and Prefect subprocesses
+# (clean-clone CI on the same slow day: 25m52s of pytest with three, 28m50s with two; README).
+# A file's tests stay on one worker, so module-scoped databases are made once.
 # --no-loadscope-reorder: files are handed out in collection order (tests/conftest.py puts the
 # longest first); by default pytest-xdist hands out the files with the most tests first, which
 # left the long files with few tests (test_flows, test_make_run) running alone at the end.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
