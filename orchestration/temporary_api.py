@@ -53,7 +53,7 @@ def when_needed() -> Iterator[bool]:
 
     log = log_file()
     log.parent.mkdir(parents=True, exist_ok=True)
-    start = log.stat().st_size if log.exists() else 0
+    start = log_end(log)
     server = SubprocessASGIServer()
     try:
         # The server's environment is built from the current settings when it starts.
@@ -71,14 +71,23 @@ def when_needed() -> Iterator[bool]:
             print(describe_problems(problems), file=sys.stderr)
 
 
-def problems_logged(log: Path, start: int = 0) -> list[str]:
-    """The first line of each warning or error record in the log after byte `start`."""
+def log_end(log: Path) -> int:
+    """Where the next record will start: the server appends to its log."""
+    return log.stat().st_size if log.exists() else 0
+
+
+def logged_since(log: Path, start: int = 0) -> str:
+    """The log's text after byte `start`."""
     if not log.exists():
-        return []
+        return ""
     with log.open("rb") as file:
         file.seek(start)
-        text = file.read().decode("utf-8", errors="replace")
-    return [f"{level}: {message}" for level, message in PROBLEM.findall(text)]
+        return file.read().decode("utf-8", errors="replace")
+
+
+def problems_logged(log: Path, start: int = 0) -> list[str]:
+    """The first line of each warning or error record in the log after byte `start`."""
+    return [f"{level}: {message}" for level, message in PROBLEM.findall(logged_since(log, start))]
 
 
 def describe_problems(problems: list[str]) -> str:

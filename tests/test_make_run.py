@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from core.settings import PROJECT_ROOT
-from orchestration.temporary_api import LOG_FILE_NAME, NOTE
+from orchestration.temporary_api import LOG_FILE_NAME, NOTE, log_end, logged_since
 
 # What it tests (Prefect's temporary API, the console, the data dir) does not depend on the
 # warehouse; a Postgres data dir's creation is in test_entry_points.py.
@@ -46,7 +46,7 @@ def test_consecutive_make_runs_on_a_new_data_dir_print_no_traceback(tmp_path, ta
     api_log = data_dir / ".prefect" / LOG_FILE_NAME
     outputs = []
     for run in range(1, RUNS + 1):
-        log_start = api_log.stat().st_size if api_log.exists() else 0
+        log_start = log_end(api_log)
         result = make_run(data_dir)
         output = result.stdout + result.stderr
         outputs.append(output)
@@ -55,7 +55,7 @@ def test_consecutive_make_runs_on_a_new_data_dir_print_no_traceback(tmp_path, ta
         console = "\n".join(line for line in output.splitlines() if not line.startswith(NOTE))
         assert "Traceback" not in console and "Error flushing" not in console, f"run {run}:\n{output[-8000:]}"
         assert console.count("Starting temporary server") == 1, f"run {run}:\n{output[-8000:]}"
-        assert_no_event_lost(api_log.read_bytes()[log_start:].decode())
+        assert_no_event_lost(logged_since(api_log, log_start))
         # One finished line for the flow run; the task runs' own lines stay in Prefect's logs.
         assert output.count("Finished in state") == 1, f"run {run}:\n{output[-8000:]}"
         assert "Rows per table" in result.stdout and "Pipeline time:" in result.stdout
