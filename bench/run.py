@@ -62,11 +62,13 @@ DLT_ONLY_RECORDS = 200_000
 # ratio on a 2-core machine (1.51-1.84 in one afternoon): the bench reports the median of several.
 RATIO_PAIRS = 3
 # Discovery, the lake job and the lake → warehouse load in one process, as the elt flow runs
-# them; prints the engines the lake job used and each step's seconds. The first step imports what
-# discovery and the lake job need, as the lake job's own process would; the load imports dlt.
+# them, ended as the commands end (core.cli); prints the engines the lake job used and each
+# step's seconds. The first step imports what discovery and the lake job need, as the lake job's
+# own process would; the load imports dlt.
 VEHICLE_PATH = """
 import sys, time
 started = time.perf_counter()
+from core.cli import exit_promptly
 from lake import files
 from spark_jobs.vehicle_lake import run
 marks = [time.perf_counter()]
@@ -81,6 +83,7 @@ lake_pipeline().run(vehicles_lake())
 marks.append(time.perf_counter())
 print("engines", *sorted(engines))
 print("seconds", *(end - begin for begin, end in zip([started, *marks], marks)))
+exit_promptly(0)
 """
 VEHICLE_STEPS = ("imports", "discover", "lake", "load")
 # The columns each peer reads: the registry's fields of the two bundled types (DESIGN §6).
@@ -89,16 +92,21 @@ PEER_COLUMNS = {
     "vehicles_status": ("vehicle_id", "report_time", "status_source", "status"),
 }
 # The lake job's fixed cost: a JVM and a local SparkSession that runs one trivial job.
-SPARK_START = "from spark_jobs.session import spark_session; spark_session('bench').range(1).count()"
+SPARK_START = (
+    "from core.cli import exit_promptly; from spark_jobs.session import spark_session;"
+    " spark_session('bench').range(1).count(); exit_promptly(0)"
+)
 # The job's first stage alone (read the files, parse with the registry schema, one row per
 # record): what Spark needs at least before validating and writing anything. Each parsed record
 # is hashed, so that Spark builds every field (a bare count lets it prune the fields it parses).
+# Both end as the lake job's command ends (core.cli), so neither pays Python's exit collections.
 SPARK_PARSE = (
-    "import sys; from pathlib import Path; from lake.registry import Registry;"
+    "import sys; from pathlib import Path; from core.cli import exit_promptly; from lake.registry import Registry;"
     " from spark_jobs.session import spark_session; from spark_jobs.vehicle_lake import _parse_files;"
     " spark = spark_session('bench'); registry = Registry();"
     " print(sum(_parse_files(spark, registry.get(t), sorted(Path(sys.argv[1]).glob(t + '_*.json')))"
-    ".selectExpr('count(*)', 'sum(hash(record))').first()[0] for t in ('vehicles_events', 'vehicles_status')))"
+    ".selectExpr('count(*)', 'sum(hash(record))').first()[0] for t in ('vehicles_events', 'vehicles_status')));"
+    " exit_promptly(0)"
 )
 
 

@@ -19,6 +19,7 @@ import sys
 
 from dlt.pipeline.exceptions import PipelineStepFailed
 
+from core.cli import exit_promptly
 from core.secrets import SecretsError
 from core.settings import data_dir, data_dir_or_exit, environment, target
 from core.storage import StorageError
@@ -232,4 +233,4 @@ def _known_cause(error: BaseException) -> BaseException | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_promptly(main())

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import duckdb
 
+from core.cli import exit_promptly
 from core.settings import data_dir_or_exit, target, warehouse_path
 from core.warehouse import WarehouseBusy, when_unlocked
 from lake.catalog import NAMESPACE, catalog
@@ -115,4 +116,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_promptly(main())

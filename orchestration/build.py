@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
+from core.cli import exit_promptly
 from core.settings import DBT_PROFILES_DIR, DBT_PROJECT_DIR, data_dir_or_exit
 from core.warehouse import WarehouseBusy, held_for_writing
 from orchestration import build_plan
@@ -64,4 +65,4 @@ def plan_and_build(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_promptly(main(sys.argv[1:]))

@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging.handlers import PrefectConsoleHandler
 
+from core.cli import exit_promptly
 from core.secrets import resolve_into_environment
 from core.settings import data_dir, data_dir_or_exit, ensure_data_dir, environment
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
@@ -428,7 +429,7 @@ def run_and_summarise(started: float, temporary: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_promptly(main())
 
 
 @flow(name="backfill", log_prints=True, **alerts.FLOW_HOOKS)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from prefect import flow
 
 from core import storage
+from core.cli import exit_promptly
 from core.secrets import resolve_into_environment
 from core.settings import data_dir, data_dir_or_exit, postgres_credentials, target, warehouse_path
 from core.warehouse import when_unlocked
@@ -317,4 +318,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_promptly(main())

@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sys
 from pathlib import Path
 
+from core.cli import exit_promptly
 from core.settings import data_dir, data_dir_or_exit
 from core.warehouse import query
 from orchestration.report_html import published_marts, report_html
@@ -71,4 +71,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_promptly(main())

@@ -30,6 +30,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from core.cli import exit_promptly
 from core.settings import PROJECT_ROOT, data_dir_or_exit
 from orchestration.concurrency import ensure_warehouse_limit, warehouse_limit
 
@@ -139,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_promptly(main())

@@ -25,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+from core.cli import exit_promptly
 from core.settings import (
     DBT_PROFILES_DIR,
     DBT_PROJECT_DIR,
@@ -151,4 +152,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_promptly(main(sys.argv[1:]))

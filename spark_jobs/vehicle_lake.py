@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from pyiceberg.table import Table
 
+from core.cli import exit_promptly
 from core.settings import data_dir_or_exit, lake_engine, lake_small_batch_bytes
 from lake import files as lifecycle
 from lake.catalog import catalog
@@ -396,4 +397,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_promptly(main())

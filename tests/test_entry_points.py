@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -55,6 +56,46 @@ def test_a_data_dir_that_cannot_be_created_is_one_line_and_exit_2(tmp_path, entr
     assert result.stderr.strip().splitlines() == [
         f"error: cannot create the data dir {blocker / 'elt'} (ELT_DATA_DIR): Not a directory"
     ]
+
+
+# Commands that return from main() within a second on a new data dir, and what each must print.
+RETURNING_COMMANDS = {
+    "loaders": (["loaders", "status"], 0, "Source freshness: not checked yet"),
+    "query": (["loaders.query", "-c", "select 6 * 7 as answer"], 0, "42"),
+    "lake job": (["spark_jobs.vehicle_lake"], 0, ""),
+    "report": (["orchestration.report"], 0, "report: "),
+}
+
+
+@pytest.mark.one_target  # how a Python process ends, whatever the warehouse
+@pytest.mark.parametrize("command", RETURNING_COMMANDS)
+def test_a_command_ends_with_its_code_and_output_and_its_objects_frozen(tmp_path, command):
+    """core.cli.exit_promptly: the command's exit code and output as before, atexit handlers
+    still run, and its objects are frozen (gc.freeze) so the interpreter's exit collections skip them."""
+    (module, *arguments), code, printed = RETURNING_COMMANDS[command]
+    runs_the_command = (
+        "import atexit, gc, runpy, sys;"
+        " atexit.register(lambda: print('objects frozen at exit:', gc.get_freeze_count()));"
+        f" sys.argv = [{module!r}, *{arguments!r}]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    result = run([sys.executable, "-c", runs_the_command], tmp_path / "data")
+    assert result.returncode == code, result.stderr[-3000:]
+    *output, last = result.stdout.splitlines()
+    assert printed in "\n".join(output)
+    assert code == 0 or result.stderr.startswith("error: "), result.stderr
+    frozen = int(last.removeprefix("objects frozen at exit: "))
+    assert frozen > 50_000, last  # the command's imports and what it made: tens of thousands of objects
+
+
+def test_every_command_line_entry_point_ends_through_exit_promptly():
+    ends = {}
+    for package in ("core", "lake", "loaders", "spark_jobs", "orchestration"):
+        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                    ends[str(path.relative_to(PROJECT_ROOT))] = ast.unparse(node.body[-1])
+    assert len(ends) >= len(PYTHON_ENTRY_POINTS), ends
+    assert {path: end for path, end in ends.items() if not end.startswith("exit_promptly(")} == {}
 
 
 @pytest.mark.one_target
