@@ -1,7 +1,7 @@
 """An interactive SQL prompt over the lake and the warehouse (DuckDB + its iceberg extension).
 
     python -m loaders.query                                  # or: make query
-    python -m loaders.query -c "select * from vehicle_events limit 10"
+    python -m loaders.query -c "select * from vehicle_events limit 10"   # exit 1 if it fails
 
 Lake tables appear by name (vehicle_events, vehicle_status, ...) as views over their current
 Iceberg snapshot; warehouse schemas (marts, staging, raw_*) are attached read-only for each
@@ -71,7 +71,8 @@ def warehouse_attached(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
         connection.execute("detach warehouse")
 
 
-def run_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> None:
+def run_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> bool:
+    """Runs one statement and shows its result; False, with one error line, when it failed."""
     try:
         with warehouse_attached(connection):
             relation = connection.sql(sql)
@@ -79,6 +80,8 @@ def run_statement(connection: duckdb.DuckDBPyConnection, sql: str) -> None:
                 relation.show(max_rows=50)
     except (duckdb.Error, WarehouseBusy) as error:
         print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def repl(connection: duckdb.DuckDBPyConnection) -> None:
@@ -109,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir_or_exit()
     connection = open_session()
     if args.command:
-        run_statement(connection, args.command)
-    else:
-        repl(connection)
+        return 0 if run_statement(connection, args.command) else 1
+    repl(connection)
     return 0
 
 

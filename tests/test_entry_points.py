@@ -62,6 +62,7 @@ def test_a_data_dir_that_cannot_be_created_is_one_line_and_exit_2(tmp_path, entr
 RETURNING_COMMANDS = {
     "loaders": (["loaders", "status"], 0, "Source freshness: not checked yet"),
     "query": (["loaders.query", "-c", "select 6 * 7 as answer"], 0, "42"),
+    "query, failing": (["loaders.query", "-c", "select * from no_such_table"], 1, ""),
     "lake job": (["spark_jobs.vehicle_lake"], 0, ""),
     "report": (["orchestration.report"], 0, "report: "),
 }
