@@ -6,22 +6,31 @@ Prefect server enforces: a scheduled run whose writing step finds the slot taken
 then completes. Inside its turn a step also holds the DuckDB file (core.warehouse), so
 writers outside Prefect (the CLI, make build) and readers wait for it, and it for them.
 The slot is leased and renewed while the step runs, so a long dbt build keeps it, and a killed
-run's slot comes back when its lease (LEASE_SECONDS) expires. Postgres needs no turns for its
+run's slot comes back when its lease (ELT_TURN_LEASE_SECONDS, 300) expires: a Prefect server's repossessor
+releases expired leases. A temporary API (`make run`) runs no repossessor, so it keeps its leases
+on disk, in PREFECT_HOME/concurrency_leases beside its database, and its runs release expired
+ones themselves: when it starts, and while a step waits for its turn. Postgres needs no turns for its
 own sake (MVCC), but runs take them there too: two builds publishing marts at once still clash.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
 from core.settings import DEFAULT_ENVIRONMENT, environment
 from core.warehouse import held_for_writing
@@ -36,9 +45,13 @@ def warehouse_limit() -> str:
     return "elt-warehouse" if env == DEFAULT_ENVIRONMENT else f"elt-warehouse-{env}"
 
 
-LEASE_SECONDS = 300
+LEASE_VARIABLE = "ELT_TURN_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 300
+MIN_LEASE_SECONDS = 60  # Prefect renews no lease shorter than a minute
 TURN_TAKEN = "warehouse turn taken"
 TURN_RELEASED = "warehouse turn released"
+# Prefect's lease storage that keeps leases as files in PREFECT_HOME/concurrency_leases.
+LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 def ensure_warehouse_limit() -> None:
@@ -66,6 +79,106 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger(__name__)
 
 
+def lease_seconds() -> float:
+    """How long a turn's lease lasts unless renewed (renewed at 3/4 of it while the step runs)."""
+    value = os.environ.get(LEASE_VARIABLE, str(DEFAULT_LEASE_SECONDS))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds < MIN_LEASE_SECONDS:
+        raise ValueError(f"{LEASE_VARIABLE}={value!r} is not a number of seconds of at least {MIN_LEASE_SECONDS}")
+    return seconds
+
+
+def lease_storage():
+    """The leases a temporary API keeps on disk (LEASES_ON_DISK), read where it keeps them."""
+    from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
+
+    return ConcurrencyLeaseStorage(PREFECT_HOME.value() / "concurrency_leases")
+
+
+def reclaim_expired_turns() -> list[UUID]:
+    """Releases, through the API, the expired leases kept on disk: their holder is gone (a killed
+    run) or never learnt it held one (an acquisition Prefect's client sent again after the server
+    had granted it). A server that keeps its leases elsewhere knows none of them: a no-op there."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    storage = lease_storage()
+    if not storage.storage_path.is_dir():
+        return []
+    expired = run_coro_as_sync(storage.read_expired_lease_ids())
+    with get_client(sync_client=True) as client:
+        for lease_id in expired:
+            client.release_concurrency_slots_with_lease(lease_id)
+            run_logger().warning("released the expired warehouse turn of a run that is gone (lease %s)", lease_id)
+    return expired
+
+
+def release_turns_without_a_lease() -> dict[str, int]:
+    """On a temporary API as it starts: the warehouse limits' slots that no unexpired lease holds
+    (taken before the leases were kept on disk, by a run since killed) are given back. Returns
+    the slots released per limit. A run that shares this PREFECT_HOME and took a turn in the
+    instant between its slot and its lease file would lose it; its step then still waits for the
+    DuckDB file (core.warehouse)."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    storage = lease_storage()
+    now = datetime.now(UTC)
+    held: dict[UUID, int] = {}
+    if storage.storage_path.is_dir():
+        for lease_id in run_coro_as_sync(storage.read_active_lease_ids(limit=10_000)):
+            lease = run_coro_as_sync(storage.read_lease(lease_id))
+            if lease and lease.expiration > now:
+                for limit_id in lease.resource_ids:
+                    held[limit_id] = held.get(limit_id, 0) + (lease.metadata.slots if lease.metadata else 0)
+    released = {}
+    with get_client(sync_client=True) as client:
+        for limit in client.read_global_concurrency_limits(limit=200):
+            if limit.name.startswith("elt-warehouse") and limit.active_slots > held.get(limit.id, 0):
+                released[limit.name] = limit.active_slots - held.get(limit.id, 0)
+                client.update_global_concurrency_limit(
+                    limit.name, GlobalConcurrencyLimitUpdate(active_slots=held.get(limit.id, 0))
+                )
+                run_logger().warning("gave back %s's turn that no lease holds (a run killed in it)", limit.name)
+    return released
+
+
+def wait_for_turn(turn: ExitStack) -> None:
+    """Enters the warehouse limit's slot into `turn`; while it waits, expired leases are looked for
+    five times per lease length."""
+    lease = lease_seconds()
+    with expired_turns_reclaimed_every(lease / 5):
+        turn.enter_context(
+            concurrency(
+                warehouse_limit(), occupy=1, lease_duration=lease, strict=True, raise_on_lease_renewal_failure=False
+            )
+        )
+
+
+@contextmanager
+def expired_turns_reclaimed_every(seconds: float) -> Iterator[None]:
+    """reclaim_expired_turns every `seconds` on a thread of its own (in the run's context, so what it
+    logs is the run's) until the block ends."""
+    done = threading.Event()
+
+    def reclaim() -> None:
+        while not done.wait(seconds):
+            try:
+                reclaim_expired_turns()
+            except Exception as error:  # the wait goes on; the next look may succeed
+                run_logger().warning("could not look for expired warehouse turns: %s", error)
+
+    looker = threading.Thread(target=contextvars.copy_context().run, args=(reclaim,), daemon=True)
+    looker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        looker.join()
+
+
 def writes_to_warehouse(step: Callable[P, R]) -> Callable[P, R]:
     """Run `step` in a warehouse turn; its start and end are logged to the run (with the wait)."""
 
@@ -73,9 +186,8 @@ def writes_to_warehouse(step: Callable[P, R]) -> Callable[P, R]:
     def in_turn(*args: P.args, **kwargs: P.kwargs) -> R:
         ensure_warehouse_limit()
         asked = time.monotonic()
-        with concurrency(
-            warehouse_limit(), occupy=1, lease_duration=LEASE_SECONDS, strict=True, raise_on_lease_renewal_failure=False
-        ):
+        with ExitStack() as turn:
+            wait_for_turn(turn)
             run_logger().info("%s after waiting %.1fs", TURN_TAKEN, time.monotonic() - asked)
             try:
                 with held_for_writing():

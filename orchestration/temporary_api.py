@@ -7,10 +7,14 @@ before it writes fails at once with `database is locked`. Its services retry wha
 task-run recorder puts the events back in its queue) but log each failure with a traceback, which
 landed in the middle of the run's output. Started here instead, the same server logs to
 PREFECT_HOME/temporary-api.log, and the run ends with one line naming what it logged there.
+
+It also keeps its concurrency leases on disk (orchestration/concurrency.py): it runs no
+repossessor, and a run killed in its warehouse turn would otherwise hold the turn for good.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -25,6 +29,7 @@ DRAIN_TIMEOUT = 60
 # A record's first line, as temporary_api_logging.yml formats it: "<time> | <LEVEL> | <logger> - <message>".
 PROBLEM = re.compile(r"^\S+ \S+ \| (WARNING|ERROR|CRITICAL)\s* \| \S+ - (.*)$", re.MULTILINE)
 NOTE = "note: Prefect's temporary API logged"
+LEASE_STORAGE_VARIABLE = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
 
 
 def needed() -> bool:
@@ -51,14 +56,21 @@ def when_needed() -> Iterator[bool]:
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
+    from orchestration.concurrency import LEASES_ON_DISK, reclaim_expired_turns, release_turns_without_a_lease
+
     log = log_file()
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log_end(log)
     server = SubprocessASGIServer()
+    # Its leases on disk, beside its database: they outlive the server, and the next run releases a killed run's.
+    os.environ.setdefault(LEASE_STORAGE_VARIABLE, LEASES_ON_DISK)
     try:
         # The server's environment is built from the current settings when it starts.
         with temporary_settings({PREFECT_LOGGING_SETTINGS_PATH: LOGGING_CONFIG}):
             server.start()
+        if os.environ[LEASE_STORAGE_VARIABLE] == LEASES_ON_DISK:
+            release_turns_without_a_lease()
+            reclaim_expired_turns()
         yield True
         # What the run queued for the API is sent first: a client sending after the stop would
         # start another temporary server.

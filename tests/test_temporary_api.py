@@ -1,18 +1,22 @@
 """Prefect's temporary API (a run with no PREFECT_API_URL) logs to PREFECT_HOME/temporary-api.log,
-not over the run's console; the run ends with one line naming what it logged."""
+not over the run's console; the run ends with one line naming what it logged. A run killed in its
+warehouse turn does not keep the turn from the runs after it."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from core.settings import PROJECT_ROOT
-from orchestration.temporary_api import LOG_FILE_NAME, NOTE, describe_problems, problems_logged
+from orchestration.concurrency import LEASE_VARIABLE
+from orchestration.temporary_api import LEASE_STORAGE_VARIABLE, LOG_FILE_NAME, NOTE, describe_problems, problems_logged
 
 pytestmark = pytest.mark.one_target
 
@@ -30,16 +34,59 @@ ON_PREFECTS_OWN = "from prefect.client.orchestration import get_client\nget_clie
 ON_OURS = "from orchestration import temporary_api\nwith temporary_api.when_needed() as started:\n    assert started\n"
 
 
-def run_python(code: str, prefect_home: Path) -> subprocess.CompletedProcess:
-    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+# A step in a warehouse turn, as the flows' steps take it, on our temporary API; it says when it
+# holds the turn, then holds it for argv[1] seconds.
+IN_A_TURN = ON_OURS + textwrap.indent(
+    """
+import sys, time
+from orchestration.concurrency import writes_to_warehouse
+writes_to_warehouse(lambda: print("holding the turn", flush=True) or time.sleep(float(sys.argv[1])))()
+print("step done")
+""",
+    "    ",
+)
+MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"  # Prefect's default
+
+
+def environment(prefect_home: Path, **extra: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in ("PREFECT_API_URL", LEASE_STORAGE_VARIABLE)}
     env.update(
         PREFECT_HOME=str(prefect_home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+        **extra,
     )
+    return env
+
+
+def run_python(code: str, home: Path, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code, *args],
+        env=environment(home, **extra),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+def killed_in_its_turn(prefect_home: Path, **extra: str) -> float:
+    """A run SIGKILLed (its temporary API with it) while it holds the warehouse turn; when it was killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", IN_A_TURN, "600"],
+        env=environment(prefect_home, **extra),
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stdout.readline() == "holding the turn\n", "the run ended before it took the turn"
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    return time.monotonic()
 
 
 def test_an_error_on_the_temporary_api_goes_to_its_log_and_one_line_names_it(tmp_path):
@@ -86,3 +133,33 @@ def test_the_note_names_only_what_was_logged_after_the_run_started(tmp_path):
     assert "logged 2 warning or error records (the first: ERROR: Error flushing 1 events)" in describe_problems(
         during_this_run
     )
+
+
+def test_a_run_killed_in_its_warehouse_turn_keeps_it_only_until_its_lease_expires(tmp_path):
+    """The temporary API runs no repossessor; its leases are on disk and the next run releases the
+    expired one (before: the turn stayed taken and every later run waited for it forever)."""
+    home, lease = tmp_path / "prefect", 60
+    data = {"ELT_DATA_DIR": str(tmp_path / "data"), LEASE_VARIABLE: str(lease)}
+    killed_at = killed_in_its_turn(home, **data)
+    assert len(list((home / "concurrency_leases").glob("*-*.json"))) == 1  # the killed run's lease, on disk
+    after = run_python(IN_A_TURN, home, "0", timeout=lease * 4, **data)  # before, it waited for good
+    waited = time.monotonic() - killed_at
+    console = f"stdout:\n{after.stdout[-2000:]}\nstderr:\n{after.stderr[-3000:]}"
+    assert after.returncode == 0 and after.stdout.splitlines()[-2:] == ["holding the turn", "step done"], console
+    assert "released the expired warehouse turn of a run that is gone" in after.stderr, console
+    assert "Traceback" not in after.stderr and "ERROR" not in after.stderr, console  # waiting is no error
+    assert waited > lease, waited  # not before the lease expired
+    assert list((home / "concurrency_leases").glob("*-*.json")) == []
+
+
+def test_a_turn_taken_before_leases_were_kept_on_disk_is_given_back_when_the_next_run_starts(tmp_path):
+    """A data dir whose last run was killed in its turn while Prefect kept leases in memory: the
+    slot stays taken with no lease left to expire; the next run's temporary API gives it back."""
+    home = tmp_path / "prefect"
+    data = {"ELT_DATA_DIR": str(tmp_path / "data")}
+    killed_in_its_turn(home, **data, **{LEASE_STORAGE_VARIABLE: MEMORY_LEASES})
+    assert not (home / "concurrency_leases").exists()
+    after = run_python(IN_A_TURN, home, "0", timeout=120, **data)  # before, it waited for good
+    console = f"stdout:\n{after.stdout[-2000:]}\nstderr:\n{after.stderr[-3000:]}"
+    assert after.returncode == 0 and after.stdout.splitlines()[-2:] == ["holding the turn", "step done"], console
+    assert "gave back elt-warehouse's turn that no lease holds" in after.stderr, console
