@@ -274,12 +274,34 @@ def lay_out_api_recordings(base: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """A real, temporary Prefect API server for the flow tests (prefect's own test harness)."""
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A real, temporary Prefect API server for the flow tests (prefect's own test harness). Like
+    `make run`'s temporary API it keeps its concurrency leases on disk, in a PREFECT_HOME of its
+    own, where a step waiting for its warehouse turn releases expired ones (orchestration/concurrency.py)."""
+    from prefect.settings import PREFECT_HOME, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from orchestration.concurrency import LEASES_ON_DISK
+    from orchestration.temporary_api import LEASE_STORAGE_VARIABLE
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(temporary_settings({PREFECT_HOME: tmp_path_factory.mktemp("prefect-home")}))
+        with environment_variable(LEASE_STORAGE_VARIABLE, LEASES_ON_DISK):  # read by the server as it starts
+            stack.enter_context(prefect_test_harness(server_startup_timeout=120))
         yield
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def run_logs(flow_run_ids: list, enough: Callable[[list], bool], timeout: float = 60) -> list:
