@@ -329,13 +329,10 @@ def test_object_storage_keys_come_from_the_secret_and_the_manager_keeps_its_own(
 
 @pytest.mark.parametrize("flow_name", ["elt", "maintenance"])
 def test_a_flow_run_outside_a_command_line_resolves_the_chain_itself(
-    manager, monkeypatch, tmp_path, flow_name, request
+    manager, monkeypatch, tmp_path, flow_name, prefect_api
 ):
-    """Served deployments and worker Jobs call the flow function directly, not main()."""
+    """Served deployments and worker Jobs run the flow itself (a flow run on their Prefect API), not main()."""
     from orchestration import flows
-
-    if flow_name == "elt":
-        request.getfixturevalue("prefect_api")  # elt's tasks report to a Prefect API: a temporary one
 
     secret = {"username": "flow_user", "password": "flow-pass-1b7"}
     manager.create_secret(Name="elt/dev/postgres", SecretString=json.dumps(secret))
@@ -344,7 +341,7 @@ def test_a_flow_run_outside_a_command_line_resolves_the_chain_itself(
     monkeypatch.setenv("ELT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("ICEBERG_CATALOG_URI", raising=False)
     if flow_name == "elt":
-        flows.elt.fn(sources=[], build=False)
+        flows.elt(sources=[], build=False)
     else:
-        flows.maintenance.fn()
+        flows.maintenance()
     assert os.environ["PGUSER"] == "flow_user"
