@@ -16,14 +16,16 @@ own sake (MVCC), but runs take them there too: two builds publishing marts at on
 from __future__ import annotations
 
 import contextvars
+import fcntl
 import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 from uuid import UUID
 
@@ -47,11 +49,14 @@ def warehouse_limit() -> str:
 
 LEASE_VARIABLE = "ELT_TURN_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 300
-MIN_LEASE_SECONDS = 60  # Prefect renews no lease shorter than a minute
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 60, 86_400  # what Prefect's server accepts
 TURN_TAKEN = "warehouse turn taken"
 TURN_RELEASED = "warehouse turn released"
 # Prefect's lease storage that keeps leases as files in PREFECT_HOME/concurrency_leases.
 LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
+# Set in the process that started a temporary API keeping its leases on disk (and in the tests'
+# harness): only there are expired leases released by a run; a real server's repossessor does it.
+RELEASES_EXPIRED_LEASES = threading.Event()
 
 
 def ensure_warehouse_limit() -> None:
@@ -86,8 +91,10 @@ def lease_seconds() -> float:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if seconds < MIN_LEASE_SECONDS:
-        raise ValueError(f"{LEASE_VARIABLE}={value!r} is not a number of seconds of at least {MIN_LEASE_SECONDS}")
+    if not MIN_LEASE_SECONDS <= seconds <= MAX_LEASE_SECONDS:
+        raise ValueError(
+            f"{LEASE_VARIABLE}={value!r} is not a number of seconds from {MIN_LEASE_SECONDS} to {MAX_LEASE_SECONDS}"
+        )
     return seconds
 
 
@@ -98,39 +105,52 @@ def lease_storage():
     return ConcurrencyLeaseStorage(PREFECT_HOME.value() / "concurrency_leases")
 
 
+@contextmanager
+def leases_locked(storage_path: Path) -> Iterator[None]:
+    """One process at a time releases leases (two would decrement one lease's slot twice)."""
+    storage_path.mkdir(parents=True, exist_ok=True)
+    with (storage_path / ".release.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def reclaim_expired_turns() -> list[UUID]:
-    """Releases, through the API, the expired leases kept on disk: their holder is gone (a killed
-    run) or never learnt it held one (an acquisition Prefect's client sent again after the server
-    had granted it). A server that keeps its leases elsewhere knows none of them: a no-op there."""
+    """In the process in charge (RELEASES_EXPIRED_LEASES), releases through the API the expired
+    leases kept on disk: their holder is gone (a killed run) or never learnt it held one (an
+    acquisition Prefect's client sent again after the server had granted it). Each lease is read
+    again under the lock, as Prefect's repossessor does, and left alone if it was renewed."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     storage = lease_storage()
-    if not storage.storage_path.is_dir():
+    if not RELEASES_EXPIRED_LEASES.is_set() or not storage.storage_path.is_dir():
         return []
-    expired = run_coro_as_sync(storage.read_expired_lease_ids())
-    with get_client(sync_client=True) as client:
-        for lease_id in expired:
-            client.release_concurrency_slots_with_lease(lease_id)
-            run_logger().warning("released the expired warehouse turn of a run that is gone (lease %s)", lease_id)
-    return expired
+    released = []
+    with leases_locked(storage.storage_path), get_client(sync_client=True) as client:
+        for lease_id in run_coro_as_sync(storage.read_expired_lease_ids()):
+            lease = run_coro_as_sync(storage.read_lease(lease_id))
+            if lease is None:  # an index entry whose lease file is gone
+                run_coro_as_sync(storage.revoke_lease(lease_id))
+            elif lease.expiration < datetime.now(UTC):
+                client.release_concurrency_slots_with_lease(lease_id)
+                released.append(lease_id)
+                run_logger().warning("released the expired warehouse turn of a run that is gone (lease %s)", lease_id)
+    return released
 
 
 def release_turns_without_a_lease() -> dict[str, int]:
-    """On a temporary API as it starts: the warehouse limits' slots that no unexpired lease holds
+    """On a temporary API as it starts, with no other temporary API on this PREFECT_HOME (so no
+    run can take a turn meanwhile): the warehouse limits' slots that no unexpired lease holds
     (taken before the leases were kept on disk, by a run since killed) are given back. Returns
-    the slots released per limit. A run that shares this PREFECT_HOME and took a turn in the
-    instant between its slot and its lease file would lose it; its step then still waits for the
-    DuckDB file (core.warehouse)."""
+    the slots released per limit."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     storage = lease_storage()
-    now = datetime.now(UTC)
     held: dict[UUID, int] = {}
     if storage.storage_path.is_dir():
         for lease_id in run_coro_as_sync(storage.read_active_lease_ids(limit=10_000)):
             lease = run_coro_as_sync(storage.read_lease(lease_id))
-            if lease and lease.expiration > now:
+            if lease and lease.expiration > datetime.now(UTC):
                 for limit_id in lease.resource_ids:
                     held[limit_id] = held.get(limit_id, 0) + (lease.metadata.slots if lease.metadata else 0)
     released = {}
@@ -149,7 +169,7 @@ def wait_for_turn(turn: ExitStack) -> None:
     """Enters the warehouse limit's slot into `turn`; while it waits, expired leases are looked for
     five times per lease length."""
     lease = lease_seconds()
-    with expired_turns_reclaimed_every(lease / 5):
+    with expired_turns_reclaimed_every(lease / 5) if RELEASES_EXPIRED_LEASES.is_set() else nullcontext():
         turn.enter_context(
             concurrency(
                 warehouse_limit(), occupy=1, lease_duration=lease, strict=True, raise_on_lease_renewal_failure=False

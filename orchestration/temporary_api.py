@@ -14,6 +14,7 @@ repossessor, and a run killed in its warehouse turn would otherwise hold the tur
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sys
@@ -56,31 +57,66 @@ def when_needed() -> Iterator[bool]:
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
-    from orchestration.concurrency import LEASES_ON_DISK, reclaim_expired_turns, release_turns_without_a_lease
-
     log = log_file()
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log_end(log)
     server = SubprocessASGIServer()
-    # Its leases on disk, beside its database: they outlive the server, and the next run releases a killed run's.
-    os.environ.setdefault(LEASE_STORAGE_VARIABLE, LEASES_ON_DISK)
+    leases_on_disk = keep_leases_on_disk()
+    with (PREFECT_HOME.value() / "temporary-api.lock").open("w") as others:
+        # Alone on this PREFECT_HOME while it starts, or beside another run's temporary API.
+        alone = try_lock(others, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            # The server's environment is built from the current settings when it starts.
+            with temporary_settings({PREFECT_LOGGING_SETTINGS_PATH: LOGGING_CONFIG}):
+                server.start()
+            if leases_on_disk:
+                release_what_killed_runs_held(alone)
+            fcntl.flock(others, fcntl.LOCK_SH)  # a run starting beside this one is not alone
+            yield True
+            # What the run queued for the API is sent first: a client sending after the stop would
+            # start another temporary server.
+            EventsWorker.drain_all(timeout=DRAIN_TIMEOUT)
+            APILogWorker.drain_all(timeout=DRAIN_TIMEOUT)
+        finally:
+            server.stop()
+            if problems := problems_logged(log, start):
+                sys.stdout.flush()  # after the run's own output, when both go to one file
+                print(describe_problems(problems), file=sys.stderr)
+
+
+def keep_leases_on_disk() -> bool:
+    """Whether the temporary API about to start keeps its concurrency leases on disk, where this
+    process then releases expired ones (orchestration/concurrency.py): unless Prefect's settings
+    name a lease storage of their own, it is made to."""
+    from orchestration.concurrency import LEASES_ON_DISK, RELEASES_EXPIRED_LEASES
+
+    chosen = get_current_settings().server.concurrency
+    if "lease_storage" in chosen.model_fields_set and chosen.lease_storage != LEASES_ON_DISK:
+        return False
+    os.environ[LEASE_STORAGE_VARIABLE] = LEASES_ON_DISK  # the server's environment includes this process's
+    RELEASES_EXPIRED_LEASES.set()
+    return True
+
+
+def release_what_killed_runs_held(alone: bool) -> None:
+    """Expired leases released; when no other temporary API is up, also turns no lease holds. A
+    failure here is a warning: the run's steps look for expired leases again while they wait."""
+    from orchestration.concurrency import reclaim_expired_turns, release_turns_without_a_lease
+
     try:
-        # The server's environment is built from the current settings when it starts.
-        with temporary_settings({PREFECT_LOGGING_SETTINGS_PATH: LOGGING_CONFIG}):
-            server.start()
-        if os.environ[LEASE_STORAGE_VARIABLE] == LEASES_ON_DISK:
+        reclaim_expired_turns()
+        if alone:
             release_turns_without_a_lease()
-            reclaim_expired_turns()
-        yield True
-        # What the run queued for the API is sent first: a client sending after the stop would
-        # start another temporary server.
-        EventsWorker.drain_all(timeout=DRAIN_TIMEOUT)
-        APILogWorker.drain_all(timeout=DRAIN_TIMEOUT)
-    finally:
-        server.stop()
-        if problems := problems_logged(log, start):
-            sys.stdout.flush()  # after the run's own output, when both go to one file
-            print(describe_problems(problems), file=sys.stderr)
+    except Exception as error:
+        print(f"warning: could not release the warehouse turns of killed runs: {error}", file=sys.stderr)
+
+
+def try_lock(file, operation: int) -> bool:
+    try:
+        fcntl.flock(file, operation)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def log_end(log: Path) -> int:

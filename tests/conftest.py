@@ -281,25 +281,24 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.settings import PREFECT_HOME, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from orchestration.concurrency import LEASES_ON_DISK
-    from orchestration.temporary_api import LEASE_STORAGE_VARIABLE
+    from orchestration.temporary_api import LEASE_STORAGE_VARIABLE, keep_leases_on_disk
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(temporary_settings({PREFECT_HOME: tmp_path_factory.mktemp("prefect-home")}))
-        with environment_variable(LEASE_STORAGE_VARIABLE, LEASES_ON_DISK):  # read by the server as it starts
+        with environment_restored(LEASE_STORAGE_VARIABLE):  # read by the server as it starts, not by later tests
+            assert keep_leases_on_disk()
             stack.enter_context(prefect_test_harness(server_startup_timeout=120))
         yield
 
 
 @contextlib.contextmanager
-def environment_variable(name: str, value: str) -> Iterator[None]:
+def environment_restored(name: str) -> Iterator[None]:
     before = os.environ.get(name)
-    os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            del os.environ[name]
+            os.environ.pop(name, None)
         else:
             os.environ[name] = before
 

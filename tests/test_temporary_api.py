@@ -4,18 +4,19 @@ warehouse turn does not keep the turn from the runs after it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from core.settings import PROJECT_ROOT
-from orchestration.concurrency import LEASE_VARIABLE
+from orchestration.concurrency import LEASE_VARIABLE, lease_seconds
 from orchestration.temporary_api import LEASE_STORAGE_VARIABLE, LOG_FILE_NAME, NOTE, describe_problems, problems_logged
 
 pytestmark = pytest.mark.one_target
@@ -40,7 +41,7 @@ IN_A_TURN = ON_OURS + textwrap.indent(
     """
 import sys, time
 from orchestration.concurrency import writes_to_warehouse
-writes_to_warehouse(lambda: print("holding the turn", flush=True) or time.sleep(float(sys.argv[1])))()
+writes_to_warehouse(lambda: print("holding the turn at", time.time(), flush=True) or time.sleep(float(sys.argv[1])))()
 print("step done")
 """,
     "    ",
@@ -70,8 +71,8 @@ def run_python(code: str, home: Path, *args: str, timeout: float = 300, **extra:
     )
 
 
-def killed_in_its_turn(prefect_home: Path, **extra: str) -> float:
-    """A run SIGKILLed (its temporary API with it) while it holds the warehouse turn; when it was killed."""
+def killed_in_its_turn(prefect_home: Path, **extra: str) -> None:
+    """A run SIGKILLed (its temporary API with it) while it holds the warehouse turn."""
     holder = subprocess.Popen(
         [sys.executable, "-c", IN_A_TURN, "600"],
         env=environment(prefect_home, **extra),
@@ -82,11 +83,10 @@ def killed_in_its_turn(prefect_home: Path, **extra: str) -> float:
         start_new_session=True,
     )
     try:
-        assert holder.stdout.readline() == "holding the turn\n", "the run ended before it took the turn"
+        assert holder.stdout.readline().startswith("holding the turn at "), "the run ended before it took the turn"
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
-    return time.monotonic()
 
 
 def test_an_error_on_the_temporary_api_goes_to_its_log_and_one_line_names_it(tmp_path):
@@ -140,15 +140,16 @@ def test_a_run_killed_in_its_warehouse_turn_keeps_it_only_until_its_lease_expire
     expired one (before: the turn stayed taken and every later run waited for it forever)."""
     home, lease = tmp_path / "prefect", 60
     data = {"ELT_DATA_DIR": str(tmp_path / "data"), LEASE_VARIABLE: str(lease)}
-    killed_at = killed_in_its_turn(home, **data)
-    assert len(list((home / "concurrency_leases").glob("*-*.json"))) == 1  # the killed run's lease, on disk
+    killed_in_its_turn(home, **data)
+    (killed_lease,) = (home / "concurrency_leases").glob("*-*.json")  # the killed run's lease, on disk
+    expired_at = datetime.fromisoformat(json.loads(killed_lease.read_text())["expiration"]).timestamp()
     after = run_python(IN_A_TURN, home, "0", timeout=lease * 4, **data)  # before, it waited for good
-    waited = time.monotonic() - killed_at
     console = f"stdout:\n{after.stdout[-2000:]}\nstderr:\n{after.stderr[-3000:]}"
-    assert after.returncode == 0 and after.stdout.splitlines()[-2:] == ["holding the turn", "step done"], console
-    assert "released the expired warehouse turn of a run that is gone" in after.stderr, console
+    assert after.returncode == 0 and after.stdout.splitlines()[-1] == "step done", console
+    taken_at = float(after.stdout.splitlines()[-2].removeprefix("holding the turn at "))
+    assert taken_at > expired_at, (taken_at, expired_at)  # not before the killed run's lease expired
+    assert f"released the expired warehouse turn of a run that is gone (lease {killed_lease.stem})" in after.stderr
     assert "Traceback" not in after.stderr and "ERROR" not in after.stderr, console  # waiting is no error
-    assert waited > lease, waited  # not before the lease expired
     assert list((home / "concurrency_leases").glob("*-*.json")) == []
 
 
@@ -161,5 +162,12 @@ def test_a_turn_taken_before_leases_were_kept_on_disk_is_given_back_when_the_nex
     assert not (home / "concurrency_leases").exists()
     after = run_python(IN_A_TURN, home, "0", timeout=120, **data)  # before, it waited for good
     console = f"stdout:\n{after.stdout[-2000:]}\nstderr:\n{after.stderr[-3000:]}"
-    assert after.returncode == 0 and after.stdout.splitlines()[-2:] == ["holding the turn", "step done"], console
+    assert after.returncode == 0 and after.stdout.splitlines()[-1] == "step done", console
     assert "gave back elt-warehouse's turn that no lease holds" in after.stderr, console
+
+
+@pytest.mark.parametrize("value", ["59", "86401", "nan", "inf", "five minutes"])
+def test_a_turn_lease_prefect_would_refuse_is_refused_by_name(monkeypatch, value):
+    monkeypatch.setenv(LEASE_VARIABLE, value)
+    with pytest.raises(ValueError, match=f"^{LEASE_VARIABLE}='{value}' is not a number of seconds from 60 to 86400$"):
+        lease_seconds()
