@@ -41,10 +41,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+WAREHOUSE_LIMIT = "elt-warehouse"
+
+
 def warehouse_limit() -> str:
     """The environment's own limit: its warehouse is its own, so its writers take turns apart."""
     env = environment()
-    return "elt-warehouse" if env == DEFAULT_ENVIRONMENT else f"elt-warehouse-{env}"
+    return WAREHOUSE_LIMIT if env == DEFAULT_ENVIRONMENT else f"{WAREHOUSE_LIMIT}-{env}"
 
 
 LEASE_VARIABLE = "ELT_TURN_LEASE_SECONDS"
@@ -114,7 +117,7 @@ def leases_locked(storage_path: Path) -> Iterator[None]:
         yield
 
 
-def reclaim_expired_turns() -> list[UUID]:
+def reclaim_expired_turns() -> None:
     """In the process in charge (RELEASES_EXPIRED_LEASES), releases through the API the expired
     leases kept on disk: their holder is gone (a killed run) or never learnt it held one (an
     acquisition Prefect's client sent again after the server had granted it). Each lease is read
@@ -123,8 +126,7 @@ def reclaim_expired_turns() -> list[UUID]:
 
     storage = lease_storage()
     if not RELEASES_EXPIRED_LEASES.is_set() or not storage.storage_path.is_dir():
-        return []
-    released = []
+        return
     with leases_locked(storage.storage_path), get_client(sync_client=True) as client:
         for lease_id in run_coro_as_sync(storage.read_expired_lease_ids()):
             lease = run_coro_as_sync(storage.read_lease(lease_id))
@@ -132,16 +134,13 @@ def reclaim_expired_turns() -> list[UUID]:
                 run_coro_as_sync(storage.revoke_lease(lease_id))
             elif lease.expiration < datetime.now(UTC):
                 client.release_concurrency_slots_with_lease(lease_id)
-                released.append(lease_id)
                 run_logger().warning("released the expired warehouse turn of a run that is gone (lease %s)", lease_id)
-    return released
 
 
-def release_turns_without_a_lease() -> dict[str, int]:
+def release_turns_without_a_lease() -> None:
     """On a temporary API as it starts, with no other temporary API on this PREFECT_HOME (so no
     run can take a turn meanwhile): the warehouse limits' slots that no unexpired lease holds
-    (taken before the leases were kept on disk, by a run since killed) are given back. Returns
-    the slots released per limit."""
+    (taken before the leases were kept on disk, by a run since killed) are given back."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -153,16 +152,12 @@ def release_turns_without_a_lease() -> dict[str, int]:
             if lease and lease.expiration > datetime.now(UTC):
                 for limit_id in lease.resource_ids:
                     held[limit_id] = held.get(limit_id, 0) + (lease.metadata.slots if lease.metadata else 0)
-    released = {}
     with get_client(sync_client=True) as client:
         for limit in client.read_global_concurrency_limits(limit=200):
-            if limit.name.startswith("elt-warehouse") and limit.active_slots > held.get(limit.id, 0):
-                released[limit.name] = limit.active_slots - held.get(limit.id, 0)
-                client.update_global_concurrency_limit(
-                    limit.name, GlobalConcurrencyLimitUpdate(active_slots=held.get(limit.id, 0))
-                )
+            leased = held.get(limit.id, 0)
+            if limit.name.startswith(WAREHOUSE_LIMIT) and limit.active_slots > leased:
+                client.update_global_concurrency_limit(limit.name, GlobalConcurrencyLimitUpdate(active_slots=leased))
                 run_logger().warning("gave back %s's turn that no lease holds (a run killed in it)", limit.name)
-    return released
 
 
 def wait_for_turn(turn: ExitStack) -> None:
