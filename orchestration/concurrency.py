@@ -7,10 +7,12 @@ then completes. Inside its turn a step also holds the DuckDB file (core.warehous
 writers outside Prefect (the CLI, make build) and readers wait for it, and it for them.
 The slot is leased and renewed while the step runs, so a long dbt build keeps it, and a killed
 run's slot comes back when its lease (ELT_TURN_LEASE_SECONDS, 300) expires: a Prefect server's repossessor
-releases expired leases. A temporary API (`make run`) runs no repossessor, so it keeps its leases
-on disk, in PREFECT_HOME/concurrency_leases beside its database, and its runs release expired
-ones themselves: when it starts, and while a step waits for its turn. Postgres needs no turns for its
-own sake (MVCC), but runs take them there too: two builds publishing marts at once still clash.
+releases expired leases. The servers this project starts itself (`make run`'s temporary API, `make
+serve`'s server) keep their leases on disk, in PREFECT_HOME/concurrency_leases beside their
+database, where a restart does not lose them (Prefect keeps them in the server's memory by
+default). The temporary API runs no repossessor, so its runs release expired leases themselves:
+when it starts, and while a step waits for its turn. Postgres needs no turns for its own sake
+(MVCC), but runs take them there too: two builds publishing marts at once still clash.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import fcntl
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,13 +35,14 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings
 
 from core.settings import DEFAULT_ENVIRONMENT, environment
 from core.warehouse import held_for_writing
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 WAREHOUSE_LIMIT = "elt-warehouse"
@@ -57,9 +61,12 @@ TURN_TAKEN = "warehouse turn taken"
 TURN_RELEASED = "warehouse turn released"
 # Prefect's lease storage that keeps leases as files in PREFECT_HOME/concurrency_leases.
 LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
+LEASE_STORAGE_VARIABLE = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
 # Set in the process that started a temporary API keeping its leases on disk (and in the tests'
 # harness): only there are expired leases released by a run; a real server's repossessor does it.
 RELEASES_EXPIRED_LEASES = threading.Event()
+# Held (shared) by each process whose Prefect server of this project is up on PREFECT_HOME.
+LOCAL_SERVERS_LOCK = "local-prefect-servers.lock"
 
 
 def ensure_warehouse_limit() -> None:
@@ -101,6 +108,62 @@ def lease_seconds() -> float:
     return seconds
 
 
+@contextmanager
+def local_server(start: Callable[[], T], stop: Callable[[T], object], *, runs_repossessor: bool) -> Iterator[T]:
+    """A Prefect server of this project's own on PREFECT_HOME (`make run`'s temporary API, `make
+    serve`'s server): `start()` starts it keeping its leases on disk, unless Prefect's settings name
+    a lease storage; it is stopped with `stop` when the block ends. A run killed in its turn, or
+    the server killed while a run holds one, so leaves a lease that expires. Without a repossessor
+    (the temporary API), this process releases expired leases. With no other such server up on
+    PREFECT_HOME as it starts (no run can take a turn meanwhile), the turns no lease holds, taken
+    while leases were kept in memory, are given back. Yields what `start` returned."""
+    on_disk = keep_leases_on_disk()
+    if on_disk and not runs_repossessor:
+        RELEASES_EXPIRED_LEASES.set()
+    home = PREFECT_HOME.value()
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / LOCAL_SERVERS_LOCK).open("w") as others:
+        alone = try_lock(others, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        server = start()
+        try:
+            if on_disk:
+                release_what_killed_runs_held(alone)
+            fcntl.flock(others, fcntl.LOCK_SH)  # a server starting beside this one is not alone
+            yield server
+        finally:
+            stop(server)
+
+
+def keep_leases_on_disk() -> bool:
+    """Whether the Prefect server about to be started from this process keeps its concurrency
+    leases on disk: unless Prefect's settings name a lease storage of their own, it is made to."""
+    chosen = get_current_settings().server.concurrency
+    if "lease_storage" in chosen.model_fields_set and chosen.lease_storage != LEASES_ON_DISK:
+        return False
+    os.environ[LEASE_STORAGE_VARIABLE] = LEASES_ON_DISK  # the server's environment includes this process's
+    return True
+
+
+def release_what_killed_runs_held(alone: bool) -> None:
+    """Expired leases released (when no repossessor does it); when no other server of this project
+    is up, also turns no lease holds. A failure here is a warning: the runs' steps look for expired
+    leases again while they wait, and a repossessor releases them as it goes."""
+    try:
+        reclaim_expired_turns()
+        if alone:
+            release_turns_without_a_lease()
+    except Exception as error:
+        print(f"warning: could not release the warehouse turns of killed runs: {error}", file=sys.stderr)
+
+
+def try_lock(file, operation: int) -> bool:
+    try:
+        fcntl.flock(file, operation)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def lease_storage():
     """The leases a temporary API keeps on disk (LEASES_ON_DISK), read where it keeps them."""
     from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
@@ -138,7 +201,7 @@ def reclaim_expired_turns() -> None:
 
 
 def release_turns_without_a_lease() -> None:
-    """On a temporary API as it starts, with no other temporary API on this PREFECT_HOME (so no
+    """On a server of this project as it starts, with no other one up on this PREFECT_HOME (so no
     run can take a turn meanwhile): the warehouse limits' slots that no unexpired lease holds
     (taken before the leases were kept on disk, by a run since killed) are given back."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate

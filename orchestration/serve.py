@@ -8,7 +8,8 @@ The deployments, with their schedules, are defined once, in prefect.yaml, and re
 They run in live mode (never the bundled sample), so they need a data dir of their own or a
 live one: a data dir filled by the sample refuses them.
 Their warehouse-writing steps take turns through the global concurrency limit `elt-warehouse`
-(orchestration/concurrency.py), created here before serving.
+(orchestration/concurrency.py), created here before serving. The local server keeps its
+concurrency leases on disk, so a turn held when it stops is released once its lease expires.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core.cli import exit_promptly
 from core.settings import PROJECT_ROOT, data_dir_or_exit
-from orchestration.concurrency import ensure_warehouse_limit, warehouse_limit
+from orchestration.concurrency import ensure_warehouse_limit, local_server, warehouse_limit
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 
@@ -90,7 +91,7 @@ def start_local_server(port: int) -> subprocess.Popen:
         start_new_session=True,
         preexec_fn=_terminate_with_parent,
     )
-    url = f"http://127.0.0.1:{port}/api"
+    url = local_api_url(port)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -103,6 +104,10 @@ def start_local_server(port: int) -> subprocess.Popen:
             time.sleep(1)
     server.terminate()
     raise RuntimeError("the Prefect server did not answer within 120s")
+
+
+def local_api_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api"
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -122,21 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     data_dir_or_exit()
     # SIGTERM ends the process through SystemExit, so the server below is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server = start_local_server(args.port) if args.with_server else None
-    if server:
-        print(f"Prefect UI: http://127.0.0.1:{args.port}")
-    # Prefect read its settings at import: the started server's URL must be set through them too.
-    api = temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}) if server else contextlib.nullcontext()
-    try:
-        with api:
-            ensure_warehouse_limit()
-            print(f"Warehouse writers take turns: global concurrency limit {warehouse_limit()!r} (1 slot)")
-            serve(*deployments())
-    finally:
-        if server:
-            server.terminate()
-            server.wait(timeout=30)
+    with contextlib.ExitStack() as stack:
+        if args.with_server:
+            # Prefect read its settings at import: the server's URL is set through them.
+            stack.enter_context(temporary_settings({PREFECT_API_URL: local_api_url(args.port)}))
+            stack.enter_context(local_server(lambda: start_local_server(args.port), stop_server, runs_repossessor=True))
+            print(f"Prefect UI: http://127.0.0.1:{args.port}")
+        ensure_warehouse_limit()
+        print(f"Warehouse writers take turns: global concurrency limit {warehouse_limit()!r} (1 slot)")
+        serve(*deployments())
     return 0
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ repossessor, and a run killed in its warehouse turn would otherwise hold the tur
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect.settings import PREFECT_HOME, PREFECT_LOGGING_SETTINGS_PATH, get_current_settings, temporary_settings
 
@@ -30,7 +29,9 @@ DRAIN_TIMEOUT = 60
 # A record's first line, as temporary_api_logging.yml formats it: "<time> | <LEVEL> | <logger> - <message>".
 PROBLEM = re.compile(r"^\S+ \S+ \| (WARNING|ERROR|CRITICAL)\s* \| \S+ - (.*)$", re.MULTILINE)
 NOTE = "note: Prefect's temporary API logged"
-LEASE_STORAGE_VARIABLE = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
+
+if TYPE_CHECKING:
+    from prefect.server.api.server import SubprocessASGIServer
 
 
 def needed() -> bool:
@@ -57,66 +58,36 @@ def when_needed() -> Iterator[bool]:
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
+    from orchestration.concurrency import local_server
+
     log = log_file()
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log_end(log)
-    server = SubprocessASGIServer()
-    leases_on_disk = keep_leases_on_disk()
-    with (PREFECT_HOME.value() / "temporary-api.lock").open("w") as others:
-        # Alone on this PREFECT_HOME while it starts, or beside another run's temporary API.
-        alone = try_lock(others, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            # The server's environment is built from the current settings when it starts.
-            with temporary_settings({PREFECT_LOGGING_SETTINGS_PATH: LOGGING_CONFIG}):
-                server.start()
-            if leases_on_disk:
-                release_what_killed_runs_held(alone)
-            fcntl.flock(others, fcntl.LOCK_SH)  # a run starting beside this one is not alone
+    try:
+        with local_server(
+            lambda: started_logging_to_file(SubprocessASGIServer()), SubprocessASGIServer.stop, runs_repossessor=False
+        ):
             yield True
             # What the run queued for the API is sent first: a client sending after the stop would
             # start another temporary server.
             EventsWorker.drain_all(timeout=DRAIN_TIMEOUT)
             APILogWorker.drain_all(timeout=DRAIN_TIMEOUT)
-        finally:
-            server.stop()
-            if problems := problems_logged(log, start):
-                sys.stdout.flush()  # after the run's own output, when both go to one file
-                print(describe_problems(problems), file=sys.stderr)
+    finally:
+        if problems := problems_logged(log, start):
+            sys.stdout.flush()  # after the run's own output, when both go to one file
+            print(describe_problems(problems), file=sys.stderr)
 
 
-def keep_leases_on_disk() -> bool:
-    """Whether the temporary API about to start keeps its concurrency leases on disk, where this
-    process then releases expired ones (orchestration/concurrency.py): unless Prefect's settings
-    name a lease storage of their own, it is made to."""
-    from orchestration.concurrency import LEASES_ON_DISK, RELEASES_EXPIRED_LEASES
-
-    chosen = get_current_settings().server.concurrency
-    if "lease_storage" in chosen.model_fields_set and chosen.lease_storage != LEASES_ON_DISK:
-        return False
-    os.environ[LEASE_STORAGE_VARIABLE] = LEASES_ON_DISK  # the server's environment includes this process's
-    RELEASES_EXPIRED_LEASES.set()
-    return True
-
-
-def release_what_killed_runs_held(alone: bool) -> None:
-    """Expired leases released; when no other temporary API is up, also turns no lease holds. A
-    failure here is a warning: the run's steps look for expired leases again while they wait."""
-    from orchestration.concurrency import reclaim_expired_turns, release_turns_without_a_lease
-
+def started_logging_to_file(server: SubprocessASGIServer) -> SubprocessASGIServer:
+    """The server started with its logs in temporary-api.log (its environment is built from the
+    current settings when it starts); stopped again if it fails to start."""
     try:
-        reclaim_expired_turns()
-        if alone:
-            release_turns_without_a_lease()
-    except Exception as error:
-        print(f"warning: could not release the warehouse turns of killed runs: {error}", file=sys.stderr)
-
-
-def try_lock(file, operation: int) -> bool:
-    try:
-        fcntl.flock(file, operation)
-    except BlockingIOError:
-        return False
-    return True
+        with temporary_settings({PREFECT_LOGGING_SETTINGS_PATH: LOGGING_CONFIG}):
+            server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def log_end(log: Path) -> int:

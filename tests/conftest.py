@@ -281,12 +281,13 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.settings import PREFECT_HOME, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from orchestration.temporary_api import LEASE_STORAGE_VARIABLE, keep_leases_on_disk
+    from orchestration.concurrency import LEASE_STORAGE_VARIABLE, RELEASES_EXPIRED_LEASES, keep_leases_on_disk
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(temporary_settings({PREFECT_HOME: tmp_path_factory.mktemp("prefect-home")}))
         with environment_restored(LEASE_STORAGE_VARIABLE):  # read by the server as it starts, not by later tests
             assert keep_leases_on_disk()
+            RELEASES_EXPIRED_LEASES.set()  # a temporary server: no repossessor
             stack.enter_context(prefect_test_harness(server_startup_timeout=120))
         yield
 

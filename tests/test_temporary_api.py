@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from core.settings import PROJECT_ROOT
-from orchestration.concurrency import LEASE_VARIABLE, lease_seconds
-from orchestration.temporary_api import LEASE_STORAGE_VARIABLE, LOG_FILE_NAME, NOTE, describe_problems, problems_logged
+from orchestration.concurrency import LEASE_STORAGE_VARIABLE, LEASE_VARIABLE, lease_seconds
+from orchestration.temporary_api import LOG_FILE_NAME, NOTE, describe_problems, problems_logged
 
 pytestmark = pytest.mark.one_target
 
