@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -137,6 +138,20 @@ def lake_small_batch_bytes() -> int:
     if not given.isdigit():
         raise ValueError(f"LAKE_SMALL_BATCH_BYTES={given!r} is not a number of bytes")
     return int(given)
+
+
+def seconds_setting(name: str, default: float, minimum: float = 0.0, maximum: float = math.inf) -> float:
+    """The environment variable `name` as a number of seconds from `minimum` to `maximum` (default
+    `default`); anything else (text, NaN, out of range) is refused naming the variable."""
+    value = os.environ.get(name, str(default))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not minimum <= seconds <= maximum:
+        allowed = f" from {minimum:g} to {maximum:g}" if maximum < math.inf else ""
+        raise ValueError(f"{name}={value!r} is not a number of seconds{allowed}")
+    return seconds
 
 
 def postgres_database(environ: Mapping[str, str] = os.environ) -> str:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.settings import postgres_credentials, target, warehouse_path
+from core.settings import postgres_credentials, seconds_setting, target, warehouse_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,14 +38,7 @@ class WarehouseBusy(RuntimeError):
 
 def lock_timeout() -> float:
     """Seconds to wait for another process's lock on the DuckDB file (ELT_LOCK_TIMEOUT)."""
-    value = os.environ.get(LOCK_TIMEOUT_VARIABLE, str(DEFAULT_LOCK_TIMEOUT))
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if seconds < 0:
-        raise ValueError(f"{LOCK_TIMEOUT_VARIABLE}={value!r} is not a number of seconds")
-    return seconds
+    return seconds_setting(LOCK_TIMEOUT_VARIABLE, DEFAULT_LOCK_TIMEOUT)
 
 
 def lock_holder(error: Exception) -> int | None:

@@ -37,7 +37,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings
 
-from core.settings import DEFAULT_ENVIRONMENT, environment
+from core.settings import DEFAULT_ENVIRONMENT, environment, seconds_setting
 from core.warehouse import held_for_writing
 
 P = ParamSpec("P")
@@ -96,16 +96,7 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 def lease_seconds() -> float:
     """How long a turn's lease lasts unless renewed (renewed at 3/4 of it while the step runs)."""
-    value = os.environ.get(LEASE_VARIABLE, str(DEFAULT_LEASE_SECONDS))
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if not MIN_LEASE_SECONDS <= seconds <= MAX_LEASE_SECONDS:
-        raise ValueError(
-            f"{LEASE_VARIABLE}={value!r} is not a number of seconds from {MIN_LEASE_SECONDS} to {MAX_LEASE_SECONDS}"
-        )
-    return seconds
+    return seconds_setting(LEASE_VARIABLE, DEFAULT_LEASE_SECONDS, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
 
 
 @contextmanager

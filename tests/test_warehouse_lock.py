@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 from core.settings import PROJECT_ROOT, warehouse_path
-from core.warehouse import held_for_writing
+from core.warehouse import held_for_writing, lock_timeout
 from lake.files import discover, state_dir
 from loaders.vehicles.generate import START, generate
 from spark_jobs.vehicle_lake import run as run_lake_job
@@ -212,3 +212,16 @@ def test_a_flow_process_lets_go_of_the_warehouse_when_its_dbt_step_ends(data_dir
         assert dbt_gate.invoke(["seed"]).success
         assert not another_process_can_open(warehouse_path())
     assert another_process_can_open(warehouse_path())  # dbt-duckdb did not keep it open
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_a_lock_timeout_that_is_not_a_number_of_seconds_is_refused_by_name(monkeypatch, value):
+    monkeypatch.setenv("ELT_LOCK_TIMEOUT", value)
+    with pytest.raises(ValueError, match=f"^ELT_LOCK_TIMEOUT='{value}' is not a number of seconds$"):
+        lock_timeout()
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("2.5", 2.5), ("inf", float("inf"))])
+def test_a_lock_timeout_is_read_in_seconds(monkeypatch, value, seconds):
+    monkeypatch.setenv("ELT_LOCK_TIMEOUT", value)
+    assert lock_timeout() == seconds
