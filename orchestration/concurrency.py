@@ -22,15 +22,15 @@ import fcntl
 import functools
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
-from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
@@ -67,6 +67,8 @@ LEASE_STORAGE_VARIABLE = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
 RELEASES_EXPIRED_LEASES = threading.Event()
 # Held (shared) by each process whose Prefect server of this project is up on PREFECT_HOME.
 LOCAL_SERVERS_LOCK = "local-prefect-servers.lock"
+# Held (shared) while `make serve`'s server, which runs Prefect's repossessor, is up on PREFECT_HOME.
+REPOSSESSOR_LOCK = "repossessor.lock"
 
 
 def ensure_warehouse_limit() -> None:
@@ -102,23 +104,27 @@ def lease_seconds() -> float:
 @contextmanager
 def local_server(start: Callable[[], T], stop: Callable[[T], object], *, runs_repossessor: bool) -> Iterator[T]:
     """A Prefect server of this project's own on PREFECT_HOME (`make run`'s temporary API, `make
-    serve`'s server): `start()` starts it keeping its leases on disk, unless Prefect's settings name
-    a lease storage; it is stopped with `stop` when the block ends. A run killed in its turn, or
-    the server killed while a run holds one, so leaves a lease that expires. Without a repossessor
-    (the temporary API), this process releases expired leases. With no other such server up on
-    PREFECT_HOME as it starts (no run can take a turn meanwhile), the turns no lease holds, taken
-    while leases were kept in memory, are given back. Yields what `start` returned."""
+    serve`'s server), started by `start()` (which cleans up after itself if it fails) keeping its
+    leases on disk, unless Prefect's settings name a lease storage, and stopped by `stop` when the
+    block ends. A run killed in its turn, or the server killed while a run holds one, so leaves a
+    lease that expires: the server's repossessor releases it, or, for a server without one (the
+    temporary API), this process. With no other such server up on PREFECT_HOME, the turns no
+    lease holds (taken while leases were kept in memory) are given back before the server starts,
+    when nobody can take a turn. Yields what `start` returned."""
     on_disk = keep_leases_on_disk()
     if on_disk and not runs_repossessor:
         RELEASES_EXPIRED_LEASES.set()
     home = PREFECT_HOME.value()
     home.mkdir(parents=True, exist_ok=True)
-    with (home / LOCAL_SERVERS_LOCK).open("w") as others:
-        alone = try_lock(others, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with (home / LOCAL_SERVERS_LOCK).open("w") as others, (home / REPOSSESSOR_LOCK).open("w") as repossessor:
+        if try_lock(others, fcntl.LOCK_EX | fcntl.LOCK_NB) and on_disk:
+            warn_on_failure(give_back_turns_without_a_lease)
+        if runs_repossessor:
+            fcntl.flock(repossessor, fcntl.LOCK_SH)  # runs leave expired leases to it
         server = start()
         try:
-            if on_disk:
-                release_what_killed_runs_held(alone)
+            if on_disk and not runs_repossessor:
+                warn_on_failure(reclaim_expired_turns)  # a step waiting for its turn looks again
             fcntl.flock(others, fcntl.LOCK_SH)  # a server starting beside this one is not alone
             yield server
         finally:
@@ -135,14 +141,10 @@ def keep_leases_on_disk() -> bool:
     return True
 
 
-def release_what_killed_runs_held(alone: bool) -> None:
-    """Expired leases released (when no repossessor does it); when no other server of this project
-    is up, also turns no lease holds. A failure here is a warning: the runs' steps look for expired
-    leases again while they wait, and a repossessor releases them as it goes."""
+def warn_on_failure(release: Callable[[], None]) -> None:
+    """A release of killed runs' turns that fails is a warning: the server still starts."""
     try:
-        reclaim_expired_turns()
-        if alone:
-            release_turns_without_a_lease()
+        release()
     except Exception as error:
         print(f"warning: could not release the warehouse turns of killed runs: {error}", file=sys.stderr)
 
@@ -156,7 +158,7 @@ def try_lock(file, operation: int) -> bool:
 
 
 def lease_storage():
-    """The leases a temporary API keeps on disk (LEASES_ON_DISK), read where it keeps them."""
+    """The leases this project's servers keep on disk (LEASES_ON_DISK), read where they keep them."""
     from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
 
     return ConcurrencyLeaseStorage(PREFECT_HOME.value() / "concurrency_leases")
@@ -171,47 +173,75 @@ def leases_locked(storage_path: Path) -> Iterator[None]:
         yield
 
 
+def a_repossessor_is_up() -> bool:
+    """Whether `make serve`'s server, whose repossessor releases expired leases, is up on PREFECT_HOME."""
+    with (PREFECT_HOME.value() / REPOSSESSOR_LOCK).open("w") as repossessor:
+        return not try_lock(repossessor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def reclaim_expired_turns() -> None:
     """In the process in charge (RELEASES_EXPIRED_LEASES), releases through the API the expired
     leases kept on disk: their holder is gone (a killed run) or never learnt it held one (an
     acquisition Prefect's client sent again after the server had granted it). Each lease is read
-    again under the lock, as Prefect's repossessor does, and left alone if it was renewed."""
+    again under the lock, as Prefect's repossessor does, and left alone if it was renewed. Left to
+    the repossessor of a `make serve` up on the same PREFECT_HOME, which takes no lock of ours."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     storage = lease_storage()
     if not RELEASES_EXPIRED_LEASES.is_set() or not storage.storage_path.is_dir():
         return
-    with leases_locked(storage.storage_path), get_client(sync_client=True) as client:
-        for lease_id in run_coro_as_sync(storage.read_expired_lease_ids()):
-            lease = run_coro_as_sync(storage.read_lease(lease_id))
-            if lease is None:  # an index entry whose lease file is gone
-                run_coro_as_sync(storage.revoke_lease(lease_id))
-            elif lease.expiration < datetime.now(UTC):
-                client.release_concurrency_slots_with_lease(lease_id)
-                run_logger().warning("released the expired warehouse turn of a run that is gone (lease %s)", lease_id)
+    with leases_locked(storage.storage_path):
+        if a_repossessor_is_up():
+            return
+        with get_client(sync_client=True) as client:
+            for lease_id in run_coro_as_sync(storage.read_expired_lease_ids(limit=10_000)):
+                lease = run_coro_as_sync(storage.read_lease(lease_id))
+                if lease is None:  # an index entry whose lease file is gone
+                    run_coro_as_sync(storage.revoke_lease(lease_id))
+                elif lease.expiration < datetime.now(UTC):
+                    client.release_concurrency_slots_with_lease(lease_id)
+                    run_logger().warning(
+                        "released the expired warehouse turn of a run that is gone (lease %s)", lease_id
+                    )
 
 
-def release_turns_without_a_lease() -> None:
-    """On a server of this project as it starts, with no other one up on this PREFECT_HOME (so no
-    run can take a turn meanwhile): the warehouse limits' slots that no unexpired lease holds
-    (taken before the leases were kept on disk, by a run since killed) are given back."""
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+def slots_held_by_leases() -> dict[str, int]:
+    """Per concurrency limit id (as text), the slots the leases on disk hold, expired or not: an
+    expired lease's slots are given back by whoever releases the lease."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     storage = lease_storage()
-    held: dict[UUID, int] = {}
-    if storage.storage_path.is_dir():
-        for lease_id in run_coro_as_sync(storage.read_active_lease_ids(limit=10_000)):
-            lease = run_coro_as_sync(storage.read_lease(lease_id))
-            if lease and lease.expiration > datetime.now(UTC):
-                for limit_id in lease.resource_ids:
-                    held[limit_id] = held.get(limit_id, 0) + (lease.metadata.slots if lease.metadata else 0)
-    with get_client(sync_client=True) as client:
-        for limit in client.read_global_concurrency_limits(limit=200):
-            leased = held.get(limit.id, 0)
-            if limit.name.startswith(WAREHOUSE_LIMIT) and limit.active_slots > leased:
-                client.update_global_concurrency_limit(limit.name, GlobalConcurrencyLimitUpdate(active_slots=leased))
-                run_logger().warning("gave back %s's turn that no lease holds (a run killed in it)", limit.name)
+    held: dict[str, int] = {}
+    if not storage.storage_path.is_dir():
+        return held
+    active = run_coro_as_sync(storage.read_active_lease_ids(limit=10_000))
+    for lease_id in active + run_coro_as_sync(storage.read_expired_lease_ids(limit=10_000)):
+        lease = run_coro_as_sync(storage.read_lease(lease_id))
+        for limit_id in lease.resource_ids if lease and lease.metadata else ():
+            held[str(limit_id)] = held.get(str(limit_id), 0) + lease.metadata.slots
+    return held
+
+
+def give_back_turns_without_a_lease() -> None:
+    """Before a server of this project starts, with no other one up on this PREFECT_HOME: the
+    warehouse limits' slots that no lease on disk holds (taken while Prefect kept leases in the
+    server's memory, by a run since killed or whose server restarted) are given back, in the
+    server's own database. Only Prefect's default database, a SQLite file in PREFECT_HOME, which
+    no other server uses then; one of your choosing is left alone."""
+    database = get_current_settings().server.database
+    path = PREFECT_HOME.value() / "prefect.db"
+    if "connection_url" in database.model_fields_set or not path.exists():
+        return
+    held = slots_held_by_leases()
+    with closing(sqlite3.connect(path, timeout=60)) as connection, connection:
+        taken = connection.execute(
+            "select id, name, active_slots from concurrency_limit_v2 where name = ? or name like ?",
+            (WAREHOUSE_LIMIT, f"{WAREHOUSE_LIMIT}-%"),
+        ).fetchall()
+        for limit_id, name, active_slots in taken:
+            if active_slots > (leased := held.get(limit_id, 0)):
+                connection.execute("update concurrency_limit_v2 set active_slots = ? where id = ?", (leased, limit_id))
+                run_logger().warning("gave back %s's turn that no lease holds (a run killed in it)", name)
 
 
 def wait_for_turn(turn: ExitStack) -> None:

@@ -9,7 +9,7 @@ They run in live mode (never the bundled sample), so they need a data dir of the
 live one: a data dir filled by the sample refuses them.
 Their warehouse-writing steps take turns through the global concurrency limit `elt-warehouse`
 (orchestration/concurrency.py), created here before serving. The local server keeps its
-concurrency leases on disk, so a turn held when it stops is released once its lease expires.
+concurrency leases on disk: restarted, it still knows the turns its runs hold.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import ctypes
 import importlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,29 +82,52 @@ def deployments() -> list[RunnerDeployment]:
     ]
 
 
+class ServerDidNotStart(RuntimeError):
+    """The local Prefect server could not be started: one line, exit status 2."""
+
+
 def start_local_server(port: int) -> subprocess.Popen:
     """A Prefect server bound to 127.0.0.1 only; returns once its API answers. It runs in its own
     session, so Ctrl-C or a SIGTERM to the serving process group stops the runner first (which
     pauses its deployments through the API) and the server after it, not both at once: Prefect's
-    runner hangs when its server vanishes while it stops. It still dies with this process."""
+    runner hangs when its server vanishes while it stops. It still dies with this process. Refused
+    when something already listens on the port: its API would answer in this server's place."""
+    if port_in_use(port):
+        raise ServerDidNotStart(
+            f"127.0.0.1:{port} is in use (another Prefect server?): stop it, or serve on another port"
+            " (make serve PREFECT_PORT=...)"
+        )
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         start_new_session=True,
         preexec_fn=_terminate_with_parent,
     )
-    url = local_api_url(port)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with {server.returncode}")
+    try:
+        wait_for_api(server, local_api_url(port))
+    except BaseException:
+        stop_server(server)
+        raise
+    os.environ["PREFECT_API_URL"] = local_api_url(port)
+    return server
+
+
+def wait_for_api(server: subprocess.Popen, url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while server.poll() is None:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
-                os.environ["PREFECT_API_URL"] = url
-                return server
+                if server.poll() is None:  # its own API, not another process's
+                    return
         except OSError:
+            if time.monotonic() > deadline:
+                raise ServerDidNotStart(f"the Prefect server did not answer within {timeout:g}s") from None
             time.sleep(1)
-    server.terminate()
-    raise RuntimeError("the Prefect server did not answer within 120s")
+    raise ServerDidNotStart(f"the Prefect server exited with {server.returncode}")
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def local_api_url(port: int) -> str:
@@ -131,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.with_server:
             # Prefect read its settings at import: the server's URL is set through them.
             stack.enter_context(temporary_settings({PREFECT_API_URL: local_api_url(args.port)}))
-            stack.enter_context(local_server(lambda: start_local_server(args.port), stop_server, runs_repossessor=True))
+            try:
+                stack.enter_context(
+                    local_server(lambda: start_local_server(args.port), stop_server, runs_repossessor=True)
+                )
+            except ServerDidNotStart as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
             print(f"Prefect UI: http://127.0.0.1:{args.port}")
         ensure_warehouse_limit()
         print(f"Warehouse writers take turns: global concurrency limit {warehouse_limit()!r} (1 slot)")
@@ -141,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def stop_server(server: subprocess.Popen) -> None:
     server.terminate()
-    server.wait(timeout=30)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Process helpers shared by the tests: a job in its own process group and SIGKILLing the whole
-group (JVM included) at a point, stopping a group, a free loopback port, the loader CLI."""
+group (JVM included) at a point, stopping a group, a free loopback port, the loader CLI, the
+environment of a process with a Prefect home of its own."""
 
 from __future__ import annotations
 
@@ -97,3 +98,21 @@ def any_file(folder: Path, pattern: str = "*") -> Callable[[], bool]:
             return False
 
     return found
+
+
+MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"  # Prefect's default
+
+
+def prefect_environment(prefect_home: Path, **extra: str) -> dict[str, str]:
+    """This environment for a process with PREFECT_HOME of its own and no Prefect API or lease
+    storage chosen (so it starts a temporary API, or serves), plus `extra`."""
+    from orchestration.concurrency import LEASE_STORAGE_VARIABLE
+
+    env = {name: value for name, value in os.environ.items() if name not in ("PREFECT_API_URL", LEASE_STORAGE_VARIABLE)}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+        **extra,
+    )
+    return env

@@ -4,27 +4,42 @@ back (before: Prefect kept the leases in the server's memory, and the slot staye
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
+from prefect.server.concurrency.lease_storage import ConcurrencyLimitLeaseMetadata
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from core.settings import PROJECT_ROOT
-from orchestration.concurrency import LEASE_STORAGE_VARIABLE, LEASE_VARIABLE
-from orchestration.serve import local_api_url
+from orchestration.concurrency import (
+    LEASE_STORAGE_VARIABLE,
+    LEASE_VARIABLE,
+    RELEASES_EXPIRED_LEASES,
+    REPOSSESSOR_LOCK,
+    a_repossessor_is_up,
+    lease_storage,
+    reclaim_expired_turns,
+)
+from orchestration.serve import local_api_url, port_in_use
 
-from .processes import free_port, stop_group
-from .test_temporary_api import MEMORY_LEASES, environment
+from .processes import MEMORY_LEASES, free_port, prefect_environment, stop_group
 
 pytestmark = pytest.mark.one_target
 
@@ -54,7 +69,7 @@ def served(home: Path, port: int, log: Path, **extra: str) -> Iterator[subproces
     with log.open("a") as output:
         serving = subprocess.Popen(
             [sys.executable, "-m", "orchestration.serve", "--with-server", "--port", str(port)],
-            env=environment(home, **extra),
+            env=prefect_environment(home, **extra),
             cwd=PROJECT_ROOT,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -73,24 +88,23 @@ def served(home: Path, port: int, log: Path, **extra: str) -> Iterator[subproces
 
 def killed(serving: subprocess.Popen, port: int) -> None:
     """SIGKILL to the serving process group; its server, in a session of its own, gets SIGTERM
-    (it dies with the process that started it) and is waited for until its port is free."""
+    (it dies with the process that started it) and is waited for until its port is free (SIGKILLed
+    if it lingers)."""
     if serving.poll() is None:
         os.killpg(serving.pid, signal.SIGKILL)
         serving.wait(timeout=30)
     deadline = time.monotonic() + 60
-    while port_open(port):
-        assert time.monotonic() < deadline, f"the Prefect server still listens on {port}"
+    while port_in_use(port) and time.monotonic() < deadline:
         time.sleep(0.5)
+    lingering = [c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"]
+    for pid in lingering:
+        os.kill(pid, signal.SIGKILL)
+    assert not lingering, f"the Prefect server still listened on {port} after 60 s"
 
 
 def sigkill(process: subprocess.Popen) -> None:
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def step_in_a_turn(
@@ -100,7 +114,7 @@ def step_in_a_turn(
     took it (it fails the test if it does not take it within `timeout` seconds)."""
     step = subprocess.Popen(
         [sys.executable, "-c", IN_A_TURN, str(release)],
-        env=environment(home, PREFECT_API_URL=local_api_url(port), **extra),
+        env=prefect_environment(home, PREFECT_API_URL=local_api_url(port), **extra),
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -165,13 +179,16 @@ def test_a_run_killed_with_the_served_server_keeps_the_turn_only_until_its_lease
         killed(serving, port)
     (lease_file,) = (home / "concurrency_leases").glob("*-*.json")  # the killed run's lease, on disk
     expired_at = datetime.fromisoformat(json.loads(lease_file.read_text())["expiration"]).timestamp()
+    restarted = log.stat().st_size
     with served(home, port, log, **env):
         (tmp_path / "release").touch()
         next_step, taken_at = step_in_a_turn(home, port, tmp_path / "release", timeout=lease * 3, **env)
         finished(next_step)
     assert taken_at > expired_at, (taken_at, expired_at)  # not before the killed run's lease expired
-    # Revoked by the served server's repossessor: no process of the killed run was left to do it.
+    # Revoked by the served server's repossessor: no process of the killed run was left to do it,
+    # and the start gave back nothing (an expired lease still holds its slot until it is revoked).
     assert list((home / "concurrency_leases").glob("*-*.json")) == []
+    assert "gave back" not in log.read_text()[restarted:]
 
 
 def test_a_turn_taken_while_the_served_server_kept_leases_in_memory_is_given_back_when_it_starts(tmp_path):
@@ -188,3 +205,67 @@ def test_a_turn_taken_while_the_served_server_kept_leases_in_memory_is_given_bac
         next_step, _ = step_in_a_turn(home, port, tmp_path / "release", **env)  # before: waited for good
         finished(next_step)
     assert "gave back elt-warehouse's turn that no lease holds" in log.read_text()[start:]
+
+
+def test_serving_refuses_a_port_another_server_answers_on(tmp_path):
+    """Its API would answer in the new server's place, and the turns given back at start would be
+    that server's."""
+    with ThreadingHTTPServer(("127.0.0.1", 0), AnswersEverything) as other:
+        other.requests = []
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        port = other.server_address[1]
+        serving = subprocess.run(
+            [sys.executable, "-m", "orchestration.serve", "--with-server", "--port", str(port)],
+            env=prefect_environment(tmp_path / "prefect", **settings(tmp_path)),
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        other.shutdown()
+    assert serving.returncode == 2, serving.stderr[-3000:]
+    assert serving.stderr.strip().splitlines() == [
+        f"error: 127.0.0.1:{port} is in use (another Prefect server?): stop it,"
+        " or serve on another port (make serve PREFECT_PORT=...)"
+    ]
+    assert other.requests == []  # nothing was asked of it
+
+
+class AnswersEverything(BaseHTTPRequestHandler):
+    """Any GET answered 200 with `{}`, as a Prefect server's /health answers; each path is recorded."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_runs_leave_expired_leases_to_the_repossessor_of_a_served_server_up_beside_them(tmp_path):
+    """A temporary API's run and `make serve`'s repossessor on one PREFECT_HOME would both release
+    an expired lease: its slot would be given back twice. The API here answers nothing, so a
+    release that is tried fails."""
+    nobody = local_api_url(free_port())
+    with temporary_settings({PREFECT_HOME: tmp_path, PREFECT_API_URL: nobody}):
+        storage = lease_storage()
+        lease = run_coro_as_sync(
+            storage.create_lease([uuid.uuid4()], timedelta(seconds=-1), ConcurrencyLimitLeaseMetadata(slots=1))
+        )
+        was_set = RELEASES_EXPIRED_LEASES.is_set()
+        RELEASES_EXPIRED_LEASES.set()
+        try:
+            with (tmp_path / REPOSSESSOR_LOCK).open("w") as served_server:
+                fcntl.flock(served_server, fcntl.LOCK_SH)  # as serve holds it while its server is up
+                assert a_repossessor_is_up()
+                reclaim_expired_turns()  # asks nothing of the API
+            assert not a_repossessor_is_up()
+            with pytest.raises(httpx.ConnectError):
+                reclaim_expired_turns()  # with no served server up, the run releases it
+        finally:
+            if not was_set:
+                RELEASES_EXPIRED_LEASES.clear()
+    assert run_coro_as_sync(storage.read_lease(lease.id)) is not None

@@ -19,6 +19,8 @@ from core.settings import PROJECT_ROOT
 from orchestration.concurrency import LEASE_STORAGE_VARIABLE, LEASE_VARIABLE, lease_seconds
 from orchestration.temporary_api import LOG_FILE_NAME, NOTE, describe_problems, problems_logged
 
+from .processes import MEMORY_LEASES, prefect_environment
+
 pytestmark = pytest.mark.one_target
 
 # A task run of a flow run that does not exist: the server's foreign key refuses it, and the server
@@ -46,24 +48,12 @@ print("step done")
 """,
     "    ",
 )
-MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"  # Prefect's default
-
-
-def environment(prefect_home: Path, **extra: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in ("PREFECT_API_URL", LEASE_STORAGE_VARIABLE)}
-    env.update(
-        PREFECT_HOME=str(prefect_home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
-        **extra,
-    )
-    return env
 
 
 def run_python(code: str, home: Path, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code, *args],
-        env=environment(home, **extra),
+        env=prefect_environment(home, **extra),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -75,7 +65,7 @@ def killed_in_its_turn(prefect_home: Path, **extra: str) -> None:
     """A run SIGKILLed (its temporary API with it) while it holds the warehouse turn."""
     holder = subprocess.Popen(
         [sys.executable, "-c", IN_A_TURN, "600"],
-        env=environment(prefect_home, **extra),
+        env=prefect_environment(prefect_home, **extra),
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
