@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -81,10 +82,10 @@ def when_unlocked(open_file: Callable[[], T], path: Path, timeout: float | None 
                 ) from None
             if pid != announced:
                 log.warning(
-                    "waiting for the warehouse %s: %s holds it (at most %gs, %s)",
+                    "waiting for the warehouse %s: %s holds it (%s, %s)",
                     path,
                     describe_process(pid),
-                    timeout,
+                    f"at most {timeout:g}s" if math.isfinite(timeout) else "for as long as it does",
                     LOCK_TIMEOUT_VARIABLE,
                 )
                 announced = pid

@@ -110,7 +110,7 @@ def local_server(start: Callable[[], T], stop: Callable[[T], object], *, runs_re
     lease that expires: the server's repossessor releases it, or, for a server without one (the
     temporary API), this process. With no other such server up on PREFECT_HOME, the turns no
     lease holds (taken while leases were kept in memory) are given back before the server starts,
-    when nobody can take a turn. Yields what `start` returned."""
+    when no server of this project can grant a turn. Yields what `start` returned."""
     on_disk = keep_leases_on_disk()
     if on_disk and not runs_repossessor:
         RELEASES_EXPIRED_LEASES.set()
@@ -119,16 +119,33 @@ def local_server(start: Callable[[], T], stop: Callable[[T], object], *, runs_re
     with (home / LOCAL_SERVERS_LOCK).open("w") as others, (home / REPOSSESSOR_LOCK).open("w") as repossessor:
         if try_lock(others, fcntl.LOCK_EX | fcntl.LOCK_NB) and on_disk:
             warn_on_failure(give_back_turns_without_a_lease)
-        if runs_repossessor:
-            fcntl.flock(repossessor, fcntl.LOCK_SH)  # runs leave expired leases to it
+        # Alone: the others starting now find the lock shared (not alone). Not alone: waits for
+        # one that is alone to finish giving back.
+        fcntl.flock(others, fcntl.LOCK_SH)
+        if runs_repossessor and on_disk and get_current_settings().server.services.repossessor.enabled:
+            take_the_repossessor_lock(repossessor)
         server = start()
         try:
             if on_disk and not runs_repossessor:
                 warn_on_failure(reclaim_expired_turns)  # a step waiting for its turn looks again
-            fcntl.flock(others, fcntl.LOCK_SH)  # a server starting beside this one is not alone
             yield server
         finally:
             stop(server)
+
+
+class AnotherRepossessor(RuntimeError):
+    """Another `make serve` is up on this PREFECT_HOME."""
+
+
+def take_the_repossessor_lock(repossessor) -> None:
+    """From now on runs on this PREFECT_HOME leave expired leases to this server's repossessor;
+    a release one of them has begun ends first. One such server per PREFECT_HOME: two would both
+    release an expired lease (and serve the same schedules twice)."""
+    with leases_locked(lease_storage().storage_path):
+        if not try_lock(repossessor, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            raise AnotherRepossessor(
+                f"another `make serve` is up on PREFECT_HOME={PREFECT_HOME.value()}: one per data dir"
+            )
 
 
 def keep_leases_on_disk() -> bool:
@@ -226,22 +243,36 @@ def give_back_turns_without_a_lease() -> None:
     """Before a server of this project starts, with no other one up on this PREFECT_HOME: the
     warehouse limits' slots that no lease on disk holds (taken while Prefect kept leases in the
     server's memory, by a run since killed or whose server restarted) are given back, in the
-    server's own database. Only Prefect's default database, a SQLite file in PREFECT_HOME, which
-    no other server uses then; one of your choosing is left alone."""
-    database = get_current_settings().server.database
-    path = PREFECT_HOME.value() / "prefect.db"
-    if "connection_url" in database.model_fields_set or not path.exists():
+    server's own database. Only Prefect's default database, the SQLite file in PREFECT_HOME; one
+    of your choosing is left alone."""
+    database = PREFECT_HOME.value() / "prefect.db"
+    chosen = get_current_settings().server.database.connection_url
+    if chosen is None or chosen.get_secret_value() != f"sqlite+aiosqlite:///{database}" or not database.exists():
         return
     held = slots_held_by_leases()
-    with closing(sqlite3.connect(path, timeout=60)) as connection, connection:
-        taken = connection.execute(
-            "select id, name, active_slots from concurrency_limit_v2 where name = ? or name like ?",
-            (WAREHOUSE_LIMIT, f"{WAREHOUSE_LIMIT}-%"),
-        ).fetchall()
-        for limit_id, name, active_slots in taken:
-            if active_slots > (leased := held.get(limit_id, 0)):
-                connection.execute("update concurrency_limit_v2 set active_slots = ? where id = ?", (leased, limit_id))
-                run_logger().warning("gave back %s's turn that no lease holds (a run killed in it)", name)
+    with closing(sqlite3.connect(database, timeout=60, isolation_level=None)) as connection:
+        connection.execute("begin immediate")  # no writer between the read and the update
+        try:
+            for limit_id, name, active_slots in warehouse_limits(connection):
+                if active_slots > (leased := held.get(limit_id, 0)):
+                    connection.execute(
+                        "update concurrency_limit_v2 set active_slots = ? where id = ?", (leased, limit_id)
+                    )
+                    run_logger().warning("gave back %s's turn that no lease holds (a run killed in it)", name)
+            connection.execute("commit")
+        except BaseException:
+            connection.execute("rollback")
+            raise
+
+
+def warehouse_limits(connection: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """(id, name, active slots) of the warehouse limits in a Prefect database; none before its tables exist."""
+    if not connection.execute("select 1 from sqlite_master where name = 'concurrency_limit_v2'").fetchone():
+        return []
+    return connection.execute(
+        "select id, name, active_slots from concurrency_limit_v2 where name = ? or name like ?",
+        (WAREHOUSE_LIMIT, f"{WAREHOUSE_LIMIT}-%"),
+    ).fetchall()
 
 
 def wait_for_turn(turn: ExitStack) -> None:

@@ -34,7 +34,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core.cli import exit_promptly
 from core.settings import PROJECT_ROOT, data_dir_or_exit
-from orchestration.concurrency import ensure_warehouse_limit, local_server, warehouse_limit
+from orchestration.concurrency import AnotherRepossessor, ensure_warehouse_limit, local_server, warehouse_limit
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 
@@ -92,11 +92,7 @@ def start_local_server(port: int) -> subprocess.Popen:
     pauses its deployments through the API) and the server after it, not both at once: Prefect's
     runner hangs when its server vanishes while it stops. It still dies with this process. Refused
     when something already listens on the port: its API would answer in this server's place."""
-    if port_in_use(port):
-        raise ServerDidNotStart(
-            f"127.0.0.1:{port} is in use (another Prefect server?): stop it, or serve on another port"
-            " (make serve PREFECT_PORT=...)"
-        )
+    refuse_a_port_in_use(port)
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         start_new_session=True,
@@ -116,13 +112,21 @@ def wait_for_api(server: subprocess.Popen, url: str, timeout: float = 120) -> No
     while server.poll() is None:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
-                if server.poll() is None:  # its own API, not another process's
+                if server.poll() is None:  # still up: not one that failed to bind while another answered
                     return
         except OSError:
             if time.monotonic() > deadline:
                 raise ServerDidNotStart(f"the Prefect server did not answer within {timeout:g}s") from None
             time.sleep(1)
     raise ServerDidNotStart(f"the Prefect server exited with {server.returncode}")
+
+
+def refuse_a_port_in_use(port: int) -> None:
+    if port_in_use(port):
+        raise ServerDidNotStart(
+            f"127.0.0.1:{port} is in use (another Prefect server?): stop it, or serve on another port"
+            " (make serve PREFECT_PORT=...)"
+        )
 
 
 def port_in_use(port: int) -> bool:
@@ -156,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             # Prefect read its settings at import: the server's URL is set through them.
             stack.enter_context(temporary_settings({PREFECT_API_URL: local_api_url(args.port)}))
             try:
+                refuse_a_port_in_use(args.port)  # before local_server gives back turns in the database
                 stack.enter_context(
                     local_server(lambda: start_local_server(args.port), stop_server, runs_repossessor=True)
                 )
-            except ServerDidNotStart as error:
+            except (ServerDidNotStart, AnotherRepossessor) as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
             print(f"Prefect UI: http://127.0.0.1:{args.port}")

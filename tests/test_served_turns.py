@@ -9,13 +9,15 @@ import json
 import os
 import select
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +26,7 @@ import httpx
 import psutil
 import pytest
 from prefect.server.concurrency.lease_storage import ConcurrencyLimitLeaseMetadata
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from core.settings import PROJECT_ROOT
@@ -34,6 +36,7 @@ from orchestration.concurrency import (
     RELEASES_EXPIRED_LEASES,
     REPOSSESSOR_LOCK,
     a_repossessor_is_up,
+    give_back_turns_without_a_lease,
     lease_storage,
     reclaim_expired_turns,
 )
@@ -156,6 +159,21 @@ def test_a_run_holding_the_turn_while_the_served_server_restarts_gives_it_back_w
     env = settings(tmp_path)
     with served(home, port, log, **env) as serving:
         step, _ = step_in_a_turn(home, port, tmp_path / "release-1", **env)
+        with temporary_settings({PREFECT_HOME: home}):
+            assert a_repossessor_is_up()  # runs on this PREFECT_HOME leave expired leases to it
+        # A second serve on the same PREFECT_HOME (its own port) is refused, asking nothing of the database.
+        second = subprocess.run(
+            [sys.executable, "-m", "orchestration.serve", "--with-server", "--port", str(free_port())],
+            env=prefect_environment(home, **env),
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert second.stderr.strip().splitlines() == [
+            f"error: another `make serve` is up on PREFECT_HOME={home}: one per data dir"
+        ]
         killed(serving, port)
     try:
         with served(home, port, log, **env):
@@ -210,13 +228,15 @@ def test_a_turn_taken_while_the_served_server_kept_leases_in_memory_is_given_bac
 def test_serving_refuses_a_port_another_server_answers_on(tmp_path):
     """Its API would answer in the new server's place, and the turns given back at start would be
     that server's."""
+    home = tmp_path / "prefect"
+    database = prefect_database(home, [("a1f0c3e2-0000-4000-8000-000000000001", "elt-warehouse", 1)])
     with ThreadingHTTPServer(("127.0.0.1", 0), AnswersEverything) as other:
         other.requests = []
         threading.Thread(target=other.serve_forever, daemon=True).start()
         port = other.server_address[1]
         serving = subprocess.run(
             [sys.executable, "-m", "orchestration.serve", "--with-server", "--port", str(port)],
-            env=prefect_environment(tmp_path / "prefect", **settings(tmp_path)),
+            env=prefect_environment(home, **settings(tmp_path)),
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
@@ -229,6 +249,7 @@ def test_serving_refuses_a_port_another_server_answers_on(tmp_path):
         " or serve on another port (make serve PREFECT_PORT=...)"
     ]
     assert other.requests == []  # nothing was asked of it
+    assert active_slots(database) == {"elt-warehouse": 1}  # nor of the database it may share
 
 
 class AnswersEverything(BaseHTTPRequestHandler):
@@ -249,7 +270,13 @@ def test_runs_leave_expired_leases_to_the_repossessor_of_a_served_server_up_besi
     """A temporary API's run and `make serve`'s repossessor on one PREFECT_HOME would both release
     an expired lease: its slot would be given back twice. The API here answers nothing, so a
     release that is tried fails."""
-    nobody = local_api_url(free_port())
+    with socket.socket() as reserved:  # bound, never listening: nothing answers on its port
+        reserved.bind(("127.0.0.1", 0))
+        nobody = local_api_url(reserved.getsockname()[1])
+        reclaimed_only_when_alone(tmp_path, nobody)
+
+
+def reclaimed_only_when_alone(tmp_path: Path, nobody: str) -> None:
     with temporary_settings({PREFECT_HOME: tmp_path, PREFECT_API_URL: nobody}):
         storage = lease_storage()
         lease = run_coro_as_sync(
@@ -269,3 +296,46 @@ def test_runs_leave_expired_leases_to_the_repossessor_of_a_served_server_up_besi
             if not was_set:
                 RELEASES_EXPIRED_LEASES.clear()
     assert run_coro_as_sync(storage.read_lease(lease.id)) is not None
+
+
+def prefect_database(home: Path, limits: list[tuple[str, str, int]]) -> Path:
+    """A Prefect database in `home` holding only the global concurrency limits' table (the columns
+    read here) with these (id, name, active slots)."""
+    home.mkdir(parents=True, exist_ok=True)
+    database = home / "prefect.db"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("create table concurrency_limit_v2 (id char(36), name varchar, active_slots integer)")
+        connection.executemany("insert into concurrency_limit_v2 values (?, ?, ?)", limits)
+    return database
+
+
+def active_slots(database: Path) -> dict[str, int]:
+    with closing(sqlite3.connect(database)) as connection:
+        return dict(connection.execute("select name, active_slots from concurrency_limit_v2"))
+
+
+def test_a_turn_no_lease_holds_is_given_back_and_one_an_expired_lease_holds_is_kept(tmp_path):
+    """Before a server starts: a slot with no lease on disk is given back; one an expired lease
+    holds stays taken (whoever releases that lease gives its slot back: twice would be one too
+    many); another limit than the warehouse's is not touched."""
+    killed_run, expired_holder, other = (str(uuid.uuid4()) for _ in range(3))
+    database = prefect_database(
+        tmp_path,
+        [(killed_run, "elt-warehouse", 1), (expired_holder, "elt-warehouse-prod", 1), (other, "some-other-limit", 1)],
+    )
+    with temporary_settings({PREFECT_HOME: tmp_path}):
+        run_coro_as_sync(
+            lease_storage().create_lease(
+                [uuid.UUID(expired_holder)], timedelta(seconds=-1), ConcurrencyLimitLeaseMetadata(slots=1)
+            )
+        )
+        give_back_turns_without_a_lease()
+    assert active_slots(database) == {"elt-warehouse": 0, "elt-warehouse-prod": 1, "some-other-limit": 1}
+
+
+def test_a_database_of_your_choosing_is_left_alone(tmp_path):
+    database = prefect_database(tmp_path, [(str(uuid.uuid4()), "elt-warehouse", 1)])
+    chosen = f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.db'}"
+    with temporary_settings({PREFECT_HOME: tmp_path, PREFECT_API_DATABASE_CONNECTION_URL: chosen}):
+        give_back_turns_without_a_lease()
+    assert active_slots(database) == {"elt-warehouse": 1}
