@@ -67,7 +67,8 @@ LEASE_STORAGE_VARIABLE = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
 RELEASES_EXPIRED_LEASES = threading.Event()
 # Held (shared) by each process whose Prefect server of this project is up on PREFECT_HOME.
 LOCAL_SERVERS_LOCK = "local-prefect-servers.lock"
-# Held (shared) while `make serve`'s server, which runs Prefect's repossessor, is up on PREFECT_HOME.
+# Held while `make serve`'s server is up on PREFECT_HOME with Prefect's repossessor releasing the
+# expired leases on disk.
 REPOSSESSOR_LOCK = "repossessor.lock"
 
 
@@ -133,19 +134,11 @@ def local_server(start: Callable[[], T], stop: Callable[[T], object], *, runs_re
             stop(server)
 
 
-class AnotherRepossessor(RuntimeError):
-    """Another `make serve` is up on this PREFECT_HOME."""
-
-
 def take_the_repossessor_lock(repossessor) -> None:
-    """From now on runs on this PREFECT_HOME leave expired leases to this server's repossessor;
-    a release one of them has begun ends first. One such server per PREFECT_HOME: two would both
-    release an expired lease (and serve the same schedules twice)."""
+    """From now on runs on this PREFECT_HOME leave expired leases to this server's repossessor; a
+    release one of them has begun ends first (serve allows one such server per PREFECT_HOME)."""
     with leases_locked(lease_storage().storage_path):
-        if not try_lock(repossessor, fcntl.LOCK_EX | fcntl.LOCK_NB):
-            raise AnotherRepossessor(
-                f"another `make serve` is up on PREFECT_HOME={PREFECT_HOME.value()}: one per data dir"
-            )
+        fcntl.flock(repossessor, fcntl.LOCK_EX)
 
 
 def keep_leases_on_disk() -> bool:

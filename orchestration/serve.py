@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import importlib
 import os
 import signal
@@ -25,16 +26,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import yaml
 from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from core.cli import exit_promptly
 from core.settings import PROJECT_ROOT, data_dir_or_exit
-from orchestration.concurrency import AnotherRepossessor, ensure_warehouse_limit, local_server, warehouse_limit
+from orchestration.concurrency import ensure_warehouse_limit, local_server, try_lock, warehouse_limit
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 
@@ -121,6 +123,18 @@ def wait_for_api(server: subprocess.Popen, url: str, timeout: float = 120) -> No
     raise ServerDidNotStart(f"the Prefect server exited with {server.returncode}")
 
 
+@contextlib.contextmanager
+def the_only_serve_on_this_home() -> Iterator[None]:
+    """One `make serve` per PREFECT_HOME (data dir): two would serve the same schedules twice, and
+    their repossessors would release one expired lease twice."""
+    home = PREFECT_HOME.value()
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "serve.lock").open("w") as lock:
+        if not try_lock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            raise ServerDidNotStart(f"another `make serve` is up on PREFECT_HOME={home}: one per data dir")
+        yield
+
+
 def refuse_a_port_in_use(port: int) -> None:
     if port_in_use(port):
         raise ServerDidNotStart(
@@ -160,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             # Prefect read its settings at import: the server's URL is set through them.
             stack.enter_context(temporary_settings({PREFECT_API_URL: local_api_url(args.port)}))
             try:
-                refuse_a_port_in_use(args.port)  # before local_server gives back turns in the database
+                # Both before local_server gives back turns in the database.
+                refuse_a_port_in_use(args.port)
+                stack.enter_context(the_only_serve_on_this_home())
                 stack.enter_context(
                     local_server(lambda: start_local_server(args.port), stop_server, runs_repossessor=True)
                 )
-            except (ServerDidNotStart, AnotherRepossessor) as error:
+            except ServerDidNotStart as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
             print(f"Prefect UI: http://127.0.0.1:{args.port}")

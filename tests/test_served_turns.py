@@ -4,6 +4,7 @@ back (before: Prefect kept the leases in the server's memory, and the slot staye
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import json
 import os
@@ -26,22 +27,33 @@ import httpx
 import psutil
 import pytest
 from prefect.server.concurrency.lease_storage import ConcurrencyLimitLeaseMetadata
-from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.settings import (
+    PREFECT_API_DATABASE_CONNECTION_URL,
+    PREFECT_API_DATABASE_DRIVER,
+    PREFECT_API_DATABASE_NAME,
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    get_current_settings,
+    temporary_settings,
+)
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from core.settings import PROJECT_ROOT
 from orchestration.concurrency import (
     LEASE_STORAGE_VARIABLE,
     LEASE_VARIABLE,
+    LOCAL_SERVERS_LOCK,
     RELEASES_EXPIRED_LEASES,
     REPOSSESSOR_LOCK,
     a_repossessor_is_up,
     give_back_turns_without_a_lease,
     lease_storage,
+    local_server,
     reclaim_expired_turns,
 )
 from orchestration.serve import local_api_url, port_in_use
 
+from .conftest import environment_restored
 from .processes import MEMORY_LEASES, free_port, prefect_environment, stop_group
 
 pytestmark = pytest.mark.one_target
@@ -161,7 +173,7 @@ def test_a_run_holding_the_turn_while_the_served_server_restarts_gives_it_back_w
         step, _ = step_in_a_turn(home, port, tmp_path / "release-1", **env)
         with temporary_settings({PREFECT_HOME: home}):
             assert a_repossessor_is_up()  # runs on this PREFECT_HOME leave expired leases to it
-        # A second serve on the same PREFECT_HOME (its own port) is refused, asking nothing of the database.
+        # A second serve on the same PREFECT_HOME (its own port) is refused.
         second = subprocess.run(
             [sys.executable, "-m", "orchestration.serve", "--with-server", "--port", str(free_port())],
             env=prefect_environment(home, **env),
@@ -286,7 +298,7 @@ def reclaimed_only_when_alone(tmp_path: Path, nobody: str) -> None:
         RELEASES_EXPIRED_LEASES.set()
         try:
             with (tmp_path / REPOSSESSOR_LOCK).open("w") as served_server:
-                fcntl.flock(served_server, fcntl.LOCK_SH)  # as serve holds it while its server is up
+                fcntl.flock(served_server, fcntl.LOCK_EX)  # as serve holds it while its server is up
                 assert a_repossessor_is_up()
                 reclaim_expired_turns()  # asks nothing of the API
             assert not a_repossessor_is_up()
@@ -323,7 +335,8 @@ def test_a_turn_no_lease_holds_is_given_back_and_one_an_expired_lease_holds_is_k
         tmp_path,
         [(killed_run, "elt-warehouse", 1), (expired_holder, "elt-warehouse-prod", 1), (other, "some-other-limit", 1)],
     )
-    with temporary_settings({PREFECT_HOME: tmp_path}):
+    # Prefect's default database in this PREFECT_HOME (the tests' Prefect harness chose its own).
+    with temporary_settings({PREFECT_HOME: tmp_path}, restore_defaults={PREFECT_API_DATABASE_CONNECTION_URL}):
         run_coro_as_sync(
             lease_storage().create_lease(
                 [uuid.UUID(expired_holder)], timedelta(seconds=-1), ConcurrencyLimitLeaseMetadata(slots=1)
@@ -333,9 +346,41 @@ def test_a_turn_no_lease_holds_is_given_back_and_one_an_expired_lease_holds_is_k
     assert active_slots(database) == {"elt-warehouse": 0, "elt-warehouse-prod": 1, "some-other-limit": 1}
 
 
-def test_a_database_of_your_choosing_is_left_alone(tmp_path):
+@pytest.mark.parametrize("chosen_by", ["its URL", "its driver and name"])
+def test_a_database_of_your_choosing_is_left_alone(tmp_path, chosen_by):
+    """Also when Prefect computes its URL from parts (it then counts it as a default)."""
     database = prefect_database(tmp_path, [(str(uuid.uuid4()), "elt-warehouse", 1)])
-    chosen = f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.db'}"
-    with temporary_settings({PREFECT_HOME: tmp_path, PREFECT_API_DATABASE_CONNECTION_URL: chosen}):
+    elsewhere = tmp_path / "elsewhere.db"
+    chosen = (
+        {PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{elsewhere}"}
+        if chosen_by == "its URL"
+        else {PREFECT_API_DATABASE_DRIVER: "sqlite+aiosqlite", PREFECT_API_DATABASE_NAME: str(elsewhere)}
+    )
+    restored = set() if chosen_by == "its URL" else {PREFECT_API_DATABASE_CONNECTION_URL}
+    with temporary_settings({PREFECT_HOME: tmp_path, **chosen}, restore_defaults=restored):
+        assert get_current_settings().server.database.connection_url.get_secret_value().endswith("elsewhere.db")
         give_back_turns_without_a_lease()
     assert active_slots(database) == {"elt-warehouse": 1}
+
+
+def test_a_server_starts_only_after_another_one_alone_has_given_back_the_turns(tmp_path):
+    """A server of this project starting while another, alone on PREFECT_HOME, gives back turns in
+    the database waits for it: it could otherwise grant a turn the other then overwrites."""
+    started = threading.Event()
+    with (
+        temporary_settings({PREFECT_HOME: tmp_path}),
+        environment_restored(LEASE_STORAGE_VARIABLE),
+        (tmp_path / LOCAL_SERVERS_LOCK).open("w") as giving_back,
+    ):
+        fcntl.flock(giving_back, fcntl.LOCK_EX)  # as the alone server holds it while it gives back
+
+        def start_a_server() -> None:
+            with local_server(started.set, lambda _: None, runs_repossessor=True):
+                pass
+
+        starting = threading.Thread(target=contextvars.copy_context().run, args=(start_a_server,), daemon=True)
+        starting.start()
+        assert not started.wait(2)
+        fcntl.flock(giving_back, fcntl.LOCK_UN)
+        assert started.wait(10)
+        starting.join(10)
