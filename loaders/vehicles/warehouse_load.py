@@ -14,7 +14,8 @@ new rows into a Parquet file of their own, which is imported instead.
 
 The cursor moves to the greatest batch_id imported and is kept in the resource's dlt state, which
 travels in the load package with the files: a load killed at any step resumes or redoes that
-package and never loads a batch twice.
+package. Not covered: a kill between the warehouse's commit of one file's append job and dlt's
+record of it; dlt runs that job again on the resume and its rows load twice (README).
 """
 
 from __future__ import annotations
