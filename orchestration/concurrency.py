@@ -243,19 +243,13 @@ def give_back_turns_without_a_lease() -> None:
     if chosen is None or chosen.get_secret_value() != f"sqlite+aiosqlite:///{database}" or not database.exists():
         return
     held = slots_held_by_leases()
-    with closing(sqlite3.connect(database, timeout=60, isolation_level=None)) as connection:
+    # The connection's block commits, or rolls back on an error.
+    with closing(sqlite3.connect(database, timeout=60, isolation_level=None)) as connection, connection:
         connection.execute("begin immediate")  # no writer between the read and the update
-        try:
-            for limit_id, name, active_slots in warehouse_limits(connection):
-                if active_slots > (leased := held.get(limit_id, 0)):
-                    connection.execute(
-                        "update concurrency_limit_v2 set active_slots = ? where id = ?", (leased, limit_id)
-                    )
-                    run_logger().warning("gave back %s's turn that no lease holds (a run killed in it)", name)
-            connection.execute("commit")
-        except BaseException:
-            connection.execute("rollback")
-            raise
+        for limit_id, name, active_slots in warehouse_limits(connection):
+            if active_slots > (leased := held.get(limit_id, 0)):
+                connection.execute("update concurrency_limit_v2 set active_slots = ? where id = ?", (leased, limit_id))
+                run_logger().warning("gave back %s's turn that no lease holds (a run killed in it)", name)
 
 
 def warehouse_limits(connection: sqlite3.Connection) -> list[tuple[str, str, int]]:
