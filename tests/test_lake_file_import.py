@@ -4,6 +4,7 @@ field was added load with NULL in it. Expectations come from the Iceberg tables 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -142,6 +143,34 @@ def test_sigkill_while_filtering_compacted_files_then_rerun_loads_each_row_once(
     }.items():
         load_job = start([sys.executable, "-m", "loaders", "vehicles", "load"])
         assert kill_when(load_job, reached), f"the load ended before the kill point '{name}'"
+    subprocess.run([sys.executable, "-m", "loaders", "vehicles", "load"], check=True, timeout=300)
+
+    for table_name in ("vehicle_events", "vehicle_status"):
+        assert warehouse_identities(table_name) == lake_identities(table_name), table_name
+
+
+def test_a_kill_between_the_commit_of_an_append_job_and_dlts_record_of_it_loads_nothing_twice(data_dir, lake_engine):
+    """dlt writes its record of a job after the warehouse commits it, and runs a job without one
+    again on the resume: the job finds its key in the ledger it committed with its rows."""
+    lake_batch(seed=7, start=datetime(2025, 11, 1, tzinfo=UTC))
+    killed = subprocess.run(
+        [sys.executable, "-m", "tests.warehouse_load_faults", "vehicle_events"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-3000:]
+
+    # Where it died: the job's rows are in the warehouse, and dlt still has the job as started,
+    # with nothing recorded about it.
+    job_file = killed.stdout.split()[-1]
+    (package,) = (data_dir / ".dlt_pipelines" / "vehicles_lake" / "load" / "normalized").glob("*/")
+    assert (package / "started_jobs" / job_file).exists()
+    assert not (package / ".pending_transitions" / job_file).exists()
+    job_rows = pq.read_table(package / "started_jobs" / job_file, columns=IDENTITY.split(", ")).to_pylist()
+    committed = warehouse_identities("vehicle_events")
+    assert job_rows and all(committed[tuple(row.values())] == 1 for row in job_rows)
+
     subprocess.run([sys.executable, "-m", "loaders", "vehicles", "load"], check=True, timeout=300)
 
     for table_name in ("vehicle_events", "vehicle_status"):
