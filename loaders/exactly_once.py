@@ -3,14 +3,16 @@
 dlt records a job as done just after the warehouse commits it (a pending-transition marker, written
 in the gap dlt-hub/dlt#3767 narrowed but cannot close); a process killed inside that gap runs the
 job again on the resume, and an append job's rows land twice. Here an append job commits its rows
-together with its key in a ledger table of the dataset: the load package's id and the job's file
-name, both the same on a resume. A job that finds its key taken was committed by a run that died
-before dlt recorded it, and commits nothing.
+together with its key in a ledger table of the dataset: the load package's id and dlt's job id (the
+job file's name without its retry count), both the same on a resume and on a retry. A job that
+finds its key taken was committed by a run that died before dlt recorded it, and commits nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from typing import TYPE_CHECKING
 
 import dlt
 from dlt.common.destination.client import LoadJob, PreparedTableSchema, RunnableLoadJob
@@ -18,24 +20,34 @@ from dlt.common.destination.reference import DestinationReference
 from dlt.destinations.impl.duckdb.duck import DuckDbClient, DuckDbCopyJob
 from dlt.destinations.impl.postgres.postgres import PostgresClient, PostgresParquetCopyJob
 
+if TYPE_CHECKING:
+    from adbc_driver_manager.dbapi import Connection
+
 LEDGER = "_loaded_job_files"
+
+# A job creates the ledger when it is missing (a package left half-loaded before the ledger
+# existed resumes without dlt's schema step); one job thread at a time, so two never race.
+LEDGER_CREATION = threading.Lock()
 
 log = logging.getLogger(__name__)
 
 
+def ledger_of(job: RunnableLoadJob) -> str:
+    return job._job_client.sql_client.make_qualified_table_name(LEDGER)
+
+
 def ledger_ddl(ledger: str) -> str:
     return (
-        f"create table if not exists {ledger} (load_id varchar not null, file_name varchar not null,"
-        " loaded_at timestamp with time zone not null default current_timestamp, primary key (load_id, file_name))"
+        f"create table if not exists {ledger} (load_id varchar not null, job_id varchar not null,"
+        " loaded_at timestamp with time zone not null default current_timestamp, primary key (load_id, job_id))"
     )
 
 
 def claim(job: RunnableLoadJob) -> tuple[str, tuple[str, str]]:
     """The statement that takes the job's key, and its parameters; it returns no row when an
     earlier run of the job committed it."""
-    ledger = job._job_client.sql_client.make_qualified_table_name(LEDGER)
-    statement = f"insert into {ledger} (load_id, file_name) values ($1, $2) on conflict do nothing returning load_id"
-    return statement, (job._load_id, job.file_name())
+    statement = f"insert into {ledger_of(job)} (load_id, job_id) values ($1, $2) on conflict do nothing returning 1"
+    return statement, (job._load_id, job.job_id())
 
 
 class AlreadyLoaded(Exception):
@@ -45,14 +57,18 @@ class AlreadyLoaded(Exception):
 def skipped(job: RunnableLoadJob) -> None:
     log.warning(
         "%s of load %s skipped: an earlier run committed it and was killed before dlt recorded it",
-        job.file_name(),
+        job.job_id(),
         job._load_id,
     )
 
 
 class DuckDbCopyOnceJob(DuckDbCopyJob):
+    """dlt's copy of the file, in the transaction that takes the job's key."""
+
     def run(self) -> None:
         sql = self._job_client.sql_client
+        with LEDGER_CREATION:
+            sql.execute_sql(ledger_ddl(ledger_of(self)))
         with sql.begin_transaction():
             statement, key = claim(self)
             if not sql.execute_sql(statement, *key):
@@ -65,13 +81,19 @@ class PostgresParquetCopyOnceJob(PostgresParquetCopyJob):
     """dlt's ADBC copy runs on the connection returned here, in the transaction the claim opens,
     and commits both."""
 
-    def _connect(self):
+    def _connect(self) -> Connection:
         connection = super()._connect()
-        with connection.cursor() as cursor:
-            cursor.execute(*claim(self))
-            claimed = cursor.fetchall()
+        try:
+            with connection.cursor() as cursor:
+                with LEDGER_CREATION:
+                    cursor.execute(ledger_ddl(ledger_of(self)))
+                    connection.commit()
+                cursor.execute(*claim(self))
+                claimed = cursor.fetchall()
+        except BaseException:
+            connection.close()
+            raise
         if not claimed:
-            connection.rollback()
             connection.close()
             raise AlreadyLoaded
         return connection
@@ -87,13 +109,8 @@ ONCE_JOBS = {DuckDbCopyJob: DuckDbCopyOnceJob, PostgresParquetCopyJob: PostgresP
 
 
 class LoadsAppendsOnce:
-    """Mixed into a dlt SQL job client: the ledger is created with the dataset, and its append
-    jobs that copy Parquet files become their once-only versions."""
-
-    def initialize_storage(self, truncate_tables=None) -> None:
-        super().initialize_storage(truncate_tables)
-        if not self.sql_client.is_staging_dataset_active:
-            self.sql_client.execute_sql(ledger_ddl(self.sql_client.make_qualified_table_name(LEDGER)))
+    """Mixed into a dlt SQL job client: its append jobs that copy Parquet files become their
+    once-only versions."""
 
     def create_load_job(
         self, table: PreparedTableSchema, file_path: str, load_id: str, restore: bool = False

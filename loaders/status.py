@@ -14,6 +14,7 @@ from pathlib import Path
 from core.settings import DBT_PROJECT_DIR, data_dir, target, warehouse_path
 from core.warehouse import query
 from lake.files import STATES
+from loaders.exactly_once import LEDGER
 from loaders.modes import describe_mode
 
 RAW_SCHEMA_PATTERN = "raw\\_%"
@@ -28,7 +29,7 @@ class RawTable:
 
 
 def raw_tables() -> list[RawTable]:
-    """Every raw table dlt loaded (not its bookkeeping or merge-staging tables). The last load
+    """Every raw table dlt loaded (not its or the ledger's bookkeeping, nor merge-staging tables). The last load
     is the table's newest _dlt_load_id, else (Arrow loads, child tables) its dataset's last load."""
     if target() == "duckdb" and not warehouse_path().exists():
         return []
@@ -41,7 +42,7 @@ def raw_tables() -> list[RawTable]:
     last_dataset_load = {schema: _last_dataset_load(schema) for schema, name in found if name == "_dlt_loads"}
     tables = []
     for schema, name in found:
-        if name.startswith("_dlt"):
+        if name.startswith("_dlt") or name == LEDGER:
             continue
         quoted = _quoted(schema, name)
         if "_dlt_load_id" in columns.get((schema, name), ()):

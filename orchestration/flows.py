@@ -30,6 +30,7 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from core.cli import exit_promptly
 from core.secrets import resolve_into_environment
 from core.settings import data_dir, data_dir_or_exit, ensure_data_dir, environment
+from loaders.exactly_once import LEDGER
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.pipelines import pipeline
 from orchestration import alerts, build_plan, dbt_gate, temporary_api
@@ -190,7 +191,7 @@ def summarise_run() -> list[dict]:
     _, tables = query(
         "select table_schema, table_name from information_schema.tables "
         "where (table_schema like 'raw_%' or table_schema = 'marts') and table_schema not like '%_staging' "
-        "and table_name not like '\\_dlt%' escape '\\' "
+        f"and table_name not like '\\_dlt%' escape '\\' and table_name <> '{LEDGER}' "
         "order by 1, 2"
     )
     rows = []

@@ -9,16 +9,20 @@ import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from dlt.common.storages.load_package import ParsedLoadJobFileName
 from pyiceberg.types import StringType
 
 from core import storage
+from core.warehouse import connect, execute
 from lake.catalog import NAMESPACE, catalog
 from lake.files import discover, state_dir
+from loaders.exactly_once import LEDGER
 from loaders.vehicles.generate import generate
 from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 from spark_jobs.vehicle_lake import run as run_lake_job
@@ -149,9 +153,9 @@ def test_sigkill_while_filtering_compacted_files_then_rerun_loads_each_row_once(
         assert warehouse_identities(table_name) == lake_identities(table_name), table_name
 
 
-def test_a_kill_between_the_commit_of_an_append_job_and_dlts_record_of_it_loads_nothing_twice(data_dir, lake_engine):
-    """dlt writes its record of a job after the warehouse commits it, and runs a job without one
-    again on the resume: the job finds its key in the ledger it committed with its rows."""
+def killed_between_a_commit_and_dlts_record_of_it(data_dir) -> tuple[Path, str]:
+    """A load SIGKILLed right after the warehouse committed one vehicle_events job, before dlt
+    wrote anything about it; checked to have died there. Returns the package and the job's id."""
     lake_batch(seed=7, start=datetime(2025, 11, 1, tzinfo=UTC))
     killed = subprocess.run(
         [sys.executable, "-m", "tests.warehouse_load_faults", "vehicle_events"],
@@ -160,9 +164,6 @@ def test_a_kill_between_the_commit_of_an_append_job_and_dlts_record_of_it_loads_
         timeout=300,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-3000:]
-
-    # Where it died: the job's rows are in the warehouse, and dlt still has the job as started,
-    # with nothing recorded about it.
     job_file = killed.stdout.split()[-1]
     (package,) = (data_dir / ".dlt_pipelines" / "vehicles_lake" / "load" / "normalized").glob("*/")
     assert (package / "started_jobs" / job_file).exists()
@@ -170,8 +171,38 @@ def test_a_kill_between_the_commit_of_an_append_job_and_dlts_record_of_it_loads_
     job_rows = pq.read_table(package / "started_jobs" / job_file, columns=IDENTITY.split(", ")).to_pylist()
     committed = warehouse_identities("vehicle_events")
     assert job_rows and all(committed[tuple(row.values())] == 1 for row in job_rows)
+    return package, ParsedLoadJobFileName.parse(job_file).job_id()
 
-    subprocess.run([sys.executable, "-m", "loaders", "vehicles", "load"], check=True, timeout=300)
 
+def resumed_load() -> str:
+    resumed = subprocess.run(
+        [sys.executable, "-m", "loaders", "vehicles", "load"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return resumed.stderr
+
+
+def test_a_kill_between_the_commit_of_an_append_job_and_dlts_record_of_it_loads_nothing_twice(data_dir, lake_engine):
+    """dlt writes its record of a job after the warehouse commits it, and runs a job without one
+    again on the resume: the job finds its key in the ledger it committed with its rows."""
+    package, job_id = killed_between_a_commit_and_dlts_record_of_it(data_dir)
+
+    log = resumed_load()
+
+    assert f"{job_id} of load {package.name} skipped: an earlier run committed it" in log
     for table_name in ("vehicle_events", "vehicle_status"):
         assert warehouse_identities(table_name) == lake_identities(table_name), table_name
+    assert rows(f"select count(*) from raw_vehicles.{LEDGER} where job_id = '{job_id}'") == [(1,)]
+
+
+def test_a_package_left_before_the_ledger_existed_resumes(data_dir, lake_engine):
+    """A package half-loaded by an earlier version resumes without dlt's schema step: its jobs
+    create the ledger they need. (The job that version committed loads again: it has no key.)"""
+    killed_between_a_commit_and_dlts_record_of_it(data_dir)
+    with connect(read_only=False) as connection:
+        execute(connection, f"drop table raw_vehicles.{LEDGER}")
+
+    resumed_load()
+
+    for table_name in ("vehicle_events", "vehicle_status"):
+        assert set(warehouse_identities(table_name)) == set(lake_identities(table_name)), table_name

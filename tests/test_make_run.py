@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
 from core.settings import PROJECT_ROOT
+from loaders.exactly_once import LEDGER
 from orchestration.temporary_api import LOG_FILE_NAME, NOTE, log_end, logged_since
 
 # What it tests (Prefect's temporary API, the console, the data dir) does not depend on the
@@ -59,6 +61,7 @@ def test_consecutive_make_runs_on_a_new_data_dir_print_no_traceback(tmp_path, ta
         # One finished line for the flow run; the task runs' own lines stay in Prefect's logs.
         assert output.count("Finished in state") == 1, f"run {run}:\n{output[-8000:]}"
         assert "Rows per table" in result.stdout and "Pipeline time:" in result.stdout
+        assert "raw_vehicles.vehicle_events " in result.stdout and LEDGER not in result.stdout  # data only
         # One line per step as it starts and ends; no progress bars when output is not a terminal.
         assert "lake job: done in" in output or run > 1
         assert "[Stage " not in output and "Rate:" not in output, f"run {run}:\n{output[-8000:]}"
@@ -67,3 +70,12 @@ def test_consecutive_make_runs_on_a_new_data_dir_print_no_traceback(tmp_path, ta
     # The temporary API logged to its own file (created by its logging configuration).
     assert api_log.is_file()
     assert "nothing new since the last published build" in outputs[-1]
+    status = subprocess.run(
+        [sys.executable, "-m", "loaders", "status"],
+        env={**os.environ, "ELT_DATA_DIR": str(data_dir)},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "raw_vehicles.vehicle_events " in status.stdout and LEDGER not in status.stdout, status.stdout
