@@ -5,11 +5,13 @@ in the gap dlt-hub/dlt#3767 narrowed but cannot close); a process killed inside 
 job again on the resume, and an append job's rows land twice. Here an append job commits its rows
 together with its key in a ledger table of the dataset: the load package's id and dlt's job id (the
 job file's name without its retry count), both the same on a resume and on a retry. A job that
-finds its key taken was committed by a run that died before dlt recorded it, and commits nothing.
+finds its key taken was committed by an earlier run of it (killed, or failed after its commit, before
+dlt recorded it), and commits nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import TYPE_CHECKING
@@ -56,7 +58,7 @@ class AlreadyLoaded(Exception):
 
 def skipped(job: RunnableLoadJob) -> None:
     log.warning(
-        "%s of load %s skipped: an earlier run committed it and was killed before dlt recorded it",
+        "%s of load %s skipped: an earlier run of it committed it, then died or failed before dlt recorded it",
         job.job_id(),
         job._load_id,
     )
@@ -91,7 +93,8 @@ class PostgresParquetCopyOnceJob(PostgresParquetCopyJob):
                 cursor.execute(*claim(self))
                 claimed = cursor.fetchall()
         except BaseException:
-            connection.close()
+            with contextlib.suppress(Exception):  # the claim's error is the one to raise
+                connection.close()
             raise
         if not claimed:
             connection.close()
