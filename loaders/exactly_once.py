@@ -133,26 +133,29 @@ class PostgresOnceClient(LoadsAppendsOnce, PostgresClient):
     pass
 
 
-class duckdb_once(dlt.destinations.duckdb):
+class DestinationAppendingOnce:
+    """Mixed into a dlt destination factory: its client is the once-only one, and its type stays
+    dlt's own (its config sections, and the destination kept in pipeline state)."""
+
+    once_client: type
+    dlt_type: str
+
+    @property
+    def client_class(self) -> type:
+        return self.once_client
+
+    @property
+    def destination_type(self) -> str:
+        return DestinationReference.normalize_type(self.dlt_type)
+
+
+class duckdb_once(DestinationAppendingOnce, dlt.destinations.duckdb):
     """dlt's DuckDB destination, appending each Parquet file once."""
 
-    @property
-    def client_class(self) -> type[DuckDbClient]:
-        return DuckDbOnceClient
-
-    @property
-    def destination_type(self) -> str:
-        # dlt's own type: its config sections, and the destination kept in pipeline state
-        return DestinationReference.normalize_type("duckdb")
+    once_client, dlt_type = DuckDbOnceClient, "duckdb"
 
 
-class postgres_once(dlt.destinations.postgres):
+class postgres_once(DestinationAppendingOnce, dlt.destinations.postgres):
     """dlt's Postgres destination, appending each Parquet file once."""
 
-    @property
-    def client_class(self) -> type[PostgresClient]:
-        return PostgresOnceClient
-
-    @property
-    def destination_type(self) -> str:
-        return DestinationReference.normalize_type("postgres")
+    once_client, dlt_type = PostgresOnceClient, "postgres"
