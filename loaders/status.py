@@ -28,8 +28,13 @@ class RawTable:
     last_loaded_at: datetime | None
 
 
+def is_bookkeeping(table_name: str) -> bool:
+    """dlt's own tables (_dlt_loads, _dlt_version, …) and the lake load's ledger: not data."""
+    return table_name.startswith("_dlt") or table_name == LEDGER
+
+
 def raw_tables() -> list[RawTable]:
-    """Every raw table dlt loaded (not its or the ledger's bookkeeping, nor merge-staging tables). The last load
+    """Every raw table dlt loaded (not bookkeeping, nor merge-staging tables). The last load
     is the table's newest _dlt_load_id, else (Arrow loads, child tables) its dataset's last load."""
     if target() == "duckdb" and not warehouse_path().exists():
         return []
@@ -42,7 +47,7 @@ def raw_tables() -> list[RawTable]:
     last_dataset_load = {schema: _last_dataset_load(schema) for schema, name in found if name == "_dlt_loads"}
     tables = []
     for schema, name in found:
-        if name.startswith("_dlt") or name == LEDGER:
+        if is_bookkeeping(name):
             continue
         quoted = _quoted(schema, name)
         if "_dlt_load_id" in columns.get((schema, name), ()):

@@ -30,9 +30,9 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from core.cli import exit_promptly
 from core.secrets import resolve_into_environment
 from core.settings import data_dir, data_dir_or_exit, ensure_data_dir, environment
-from loaders.exactly_once import LEDGER
 from loaders.modes import ModeError, remember_mode, run_mode, source_options
 from loaders.pipelines import pipeline
+from loaders.status import is_bookkeeping
 from orchestration import alerts, build_plan, dbt_gate, temporary_api
 from orchestration.concurrency import writes_to_warehouse
 from orchestration.report import HTML_REPORT, export_reports, report_dir
@@ -191,11 +191,12 @@ def summarise_run() -> list[dict]:
     _, tables = query(
         "select table_schema, table_name from information_schema.tables "
         "where (table_schema like 'raw_%' or table_schema = 'marts') and table_schema not like '%_staging' "
-        f"and table_name not like '\\_dlt%' escape '\\' and table_name <> '{LEDGER}' "
         "order by 1, 2"
     )
     rows = []
     for schema, name in tables:
+        if is_bookkeeping(name):
+            continue
         (count,) = query(f'select count(*) from "{schema}"."{name}"')[1][0]
         rows.append({"table": f"{schema}.{name}", "rows": count})
     create_table_artifact(key="elt-tables", table=rows, description="rows per table after the run")
