@@ -28,7 +28,7 @@ from loaders.vehicles.warehouse_load import lake_pipeline, vehicles_lake
 from spark_jobs.vehicle_lake import run as run_lake_job
 
 from .conftest import rows
-from .processes import any_file, kill_when, start
+from .processes import any_file, kill_when, run_loaders, start
 from .vehicles_helpers import lake_rows
 
 pytestmark = pytest.mark.integration
@@ -52,6 +52,11 @@ def load() -> None:
 
 def lake_identities(table_name: str) -> Counter:
     return Counter((row["source_file"], row["source_position"], row["batch_id"]) for row in lake_rows(table_name))
+
+
+def file_identities(path: Path) -> Counter:
+    """(source_file, source_position, batch_id) of each row of a Parquet file."""
+    return Counter(tuple(row.values()) for row in pq.read_table(path, columns=IDENTITY.split(", ")).to_pylist())
 
 
 def warehouse_identities(table_name: str) -> Counter:
@@ -169,16 +174,14 @@ def killed_between_a_commit_and_dlts_record_of_it(data_dir) -> tuple[Path, str, 
     (package,) = (data_dir / ".dlt_pipelines" / "vehicles_lake" / "load" / "normalized").glob("*/")
     assert (package / "started_jobs" / job_file).exists()
     assert not (package / ".pending_transitions" / job_file).exists()
-    job_rows = pq.read_table(package / "started_jobs" / job_file, columns=IDENTITY.split(", ")).to_pylist()
+    job_rows = file_identities(package / "started_jobs" / job_file)
     committed = warehouse_identities("vehicle_events")
-    assert job_rows and all(committed[tuple(row.values())] == 1 for row in job_rows)
-    return package, ParsedLoadJobFileName.parse(job_file).job_id(), Counter(tuple(row.values()) for row in job_rows)
+    assert job_rows and all(committed[identity] == 1 for identity in job_rows)
+    return package, ParsedLoadJobFileName.parse(job_file).job_id(), job_rows
 
 
 def resumed_load() -> str:
-    resumed = subprocess.run(
-        [sys.executable, "-m", "loaders", "vehicles", "load"], capture_output=True, text=True, timeout=300
-    )
+    resumed = run_loaders("vehicles", "load")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return resumed.stderr
 
@@ -198,11 +201,13 @@ def test_a_kill_between_the_commit_of_an_append_job_and_dlts_record_of_it_loads_
 
 def unrecorded_rows(package: Path, table_name: str) -> Counter:
     """Identities of the rows of the package's started jobs of the table that dlt has no record of."""
-    return Counter(
-        tuple(row.values())
-        for job_file in (package / "started_jobs").glob(f"{table_name}.*")
-        if not (package / ".pending_transitions" / job_file.name).exists()
-        for row in pq.read_table(job_file, columns=IDENTITY.split(", ")).to_pylist()
+    return sum(
+        (
+            file_identities(job_file)
+            for job_file in (package / "started_jobs").glob(f"{table_name}.*")
+            if not (package / ".pending_transitions" / job_file.name).exists()
+        ),
+        Counter(),
     )
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
 from core.settings import PROJECT_ROOT
 from loaders.exactly_once import LEDGER
 from orchestration.temporary_api import LOG_FILE_NAME, NOTE, log_end, logged_since
+
+from .processes import run_loaders
 
 # What it tests (Prefect's temporary API, the console, the data dir) does not depend on the
 # warehouse; a Postgres data dir's creation is in test_entry_points.py.
@@ -70,12 +71,5 @@ def test_consecutive_make_runs_on_a_new_data_dir_print_no_traceback(tmp_path, ta
     # The temporary API logged to its own file (created by its logging configuration).
     assert api_log.is_file()
     assert "nothing new since the last published build" in outputs[-1]
-    status = subprocess.run(
-        [sys.executable, "-m", "loaders", "status"],
-        env={**os.environ, "ELT_DATA_DIR": str(data_dir)},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    status = run_loaders("status", timeout=120, ELT_DATA_DIR=str(data_dir))
     assert "raw_vehicles.vehicle_events " in status.stdout and LEDGER not in status.stdout, status.stdout
