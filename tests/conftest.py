@@ -35,8 +35,8 @@ for _name, _value in QUIET_TOOLS.items():
     os.environ.setdefault(_name, _value)
 
 # The tests' Spark drivers compile with C1 only: their batches are tiny, and the C2 compiler's
-# work never pays back in a run that short (measured on the Spark-heavy test files: 363 s of the
-# machine's CPU with the JVM's default, 284 s with this). Users and the bench get the default.
+# work did not pay back in runs that short (the Spark-heavy test files, once each way: 363 s of
+# the machine's CPU with the JVM's default, 284 s with this). Users and the bench get the default.
 os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-java-options -XX:TieredStopAtLevel=1 pyspark-shell")
 
 
