@@ -44,7 +44,7 @@ T = TypeVar("T")
 def rows_loaded(load: dlt.Pipeline) -> int:
     """Rows of data (not dlt's bookkeeping) that the pipeline's last run loaded."""
     counts = load.last_trace.last_normalize_info.row_counts if load.last_trace.last_normalize_info else {}
-    return sum(count for table, count in counts.items() if not table.startswith("_dlt"))
+    return sum(count for table, count in counts.items() if not is_bookkeeping(table))
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
