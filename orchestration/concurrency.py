@@ -28,11 +28,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager, nullcontext
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ParamSpec, TypeVar
+from uuid import UUID
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings
@@ -189,12 +192,84 @@ def a_repossessor_is_up() -> bool:
         return not try_lock(repossessor, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def reclaim_expired_turns() -> None:
+@dataclass
+class TurnAsked:
+    """A step's ask for its turn, shared with the thread that looks at the leases while it waits."""
+
+    holder: ConcurrencyLeaseHolder | None  # None outside a Prefect run: its grants cannot be told apart
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    taken: bool = False
+    released: set[UUID] = field(default_factory=set)  # its leases given back as lost grants
+
+    def names(self, lease) -> bool:
+        """Whether a lease on disk names this step (the server keeps its own holder model, which
+        never equals the client's, so their fields are compared)."""
+        holder = lease.metadata.holder if lease.metadata else None
+        return (
+            self.holder is not None
+            and holder is not None
+            and (holder.type, holder.id) == (self.holder.type, self.holder.id)
+        )
+
+    def take(self) -> bool:
+        """Called once the step was answered with a grant: whether it holds it. Then no lease naming
+        the step is given back any more. It does not if a lease given back as lost was the one it was
+        answered with (its answer, late, came in while the looker released it): no other lease naming
+        the step is left on disk; it asks again."""
+        with self.lock:
+            if self.released and not any(self.names(lease) for _, lease in leases_on_disk(active=True)):
+                self.released.clear()
+                return False
+            self.taken = True
+            return True
+
+
+def this_step() -> ConcurrencyLeaseHolder | None:
+    """The lease holder a step's turn names: its task run, or its flow run (as Prefect tells which
+    one runs the code)."""
+    from prefect.context import TaskRunContext, get_run_context
+    from prefect.exceptions import MissingContextError
+
+    try:
+        run = get_run_context()
+    except MissingContextError:
+        return None
+    if isinstance(run, TaskRunContext):
+        return ConcurrencyLeaseHolder(type="task_run", id=run.task_run.id)
+    return ConcurrencyLeaseHolder(type="flow_run", id=run.flow_run.id) if run.flow_run else None
+
+
+def lost_grant_age() -> float:
+    """Seconds after which a lease naming a step that still waits is a grant whose answer never
+    reached it: twice Prefect's request timeout. Until the first one is over the answer may still be
+    on its way (the client waits that long, then sends the acquisition again); the second leaves the
+    step's process room to take an answer in."""
+    return 2 * get_current_settings().api.request_timeout
+
+
+def leases_on_disk(*, active: bool | None = None) -> Iterator[tuple[UUID, object]]:
+    """(id, lease) of the leases kept on disk: the active ones, the expired ones, or (None) both. A
+    lease is None where its index entry outlived its file."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    storage = lease_storage()
+    if not storage.storage_path.is_dir():
+        return
+    ids = []
+    if active in (True, None):
+        ids += run_coro_as_sync(storage.read_active_lease_ids(limit=10_000))
+    if active in (False, None):
+        ids += run_coro_as_sync(storage.read_expired_lease_ids(limit=10_000))
+    for lease_id in ids:
+        yield lease_id, run_coro_as_sync(storage.read_lease(lease_id))
+
+
+def reclaim_expired_turns(asked: TurnAsked | None = None) -> None:
     """In the process in charge (RELEASES_EXPIRED_LEASES), releases through the API the expired
-    leases kept on disk: their holder is gone (a killed run) or never learnt it held one (an
-    acquisition Prefect's client sent again after the server had granted it). Each lease is read
-    again under the lock, as Prefect's repossessor does, and left alone if it was renewed. Left to
-    the repossessor of a `make serve` up on the same PREFECT_HOME, which takes no lock of ours."""
+    leases kept on disk: their holder is gone (a killed run) or never learnt it held one. Each lease
+    is read again under the lock, as Prefect's repossessor does, and left alone if it was renewed.
+    With `asked`, also that waiting step's lost grants (release_lost_grants). Left to the repossessor
+    of a `make serve` up on the same PREFECT_HOME, which takes no lock of ours."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     storage = lease_storage()
@@ -204,8 +279,7 @@ def reclaim_expired_turns() -> None:
         if a_repossessor_is_up():
             return
         with get_client(sync_client=True) as client:
-            for lease_id in run_coro_as_sync(storage.read_expired_lease_ids(limit=10_000)):
-                lease = run_coro_as_sync(storage.read_lease(lease_id))
+            for lease_id, lease in leases_on_disk(active=False):
                 if lease is None:  # an index entry whose lease file is gone
                     run_coro_as_sync(storage.revoke_lease(lease_id))
                 elif lease.expiration < datetime.now(UTC):
@@ -213,20 +287,36 @@ def reclaim_expired_turns() -> None:
                     run_logger().warning(
                         "released the expired warehouse turn of a run that is gone (lease %s)", lease_id
                     )
+            if asked is not None:
+                release_lost_grants(client, asked)
+
+
+def release_lost_grants(client: SyncPrefectClient, asked: TurnAsked) -> None:
+    """Releases the leases naming the step that asked, while it still waits, older than
+    lost_grant_age(): grants whose answer never reached it (Prefect's client timed out waiting for
+    it and sent the acquisition again, which now waits for the slot that grant holds). Under the
+    step's lock: a step that has taken its turn keeps every lease naming it."""
+    granted_before = datetime.now(UTC) - timedelta(seconds=lost_grant_age())
+    for lease_id, lease in leases_on_disk(active=True):
+        if lease is None or not asked.names(lease) or lease.created_at >= granted_before:
+            continue  # not the step's, or its answer may still be on its way
+        with asked.lock:
+            if asked.taken:
+                return
+            client.release_concurrency_slots_with_lease(lease_id)
+            asked.released.add(lease_id)
+        run_logger().warning(
+            "released the warehouse turn granted %.0f s ago whose answer never reached this step (lease %s)",
+            (datetime.now(UTC) - lease.created_at).total_seconds(),
+            lease_id,
+        )
 
 
 def slots_held_by_leases() -> dict[str, int]:
     """Per concurrency limit id (as text), the slots the leases on disk hold, expired or not: an
     expired lease's slots are given back by whoever releases the lease."""
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    storage = lease_storage()
     held: dict[str, int] = {}
-    if not storage.storage_path.is_dir():
-        return held
-    active = run_coro_as_sync(storage.read_active_lease_ids(limit=10_000))
-    for lease_id in active + run_coro_as_sync(storage.read_expired_lease_ids(limit=10_000)):
-        lease = run_coro_as_sync(storage.read_lease(lease_id))
+    for _, lease in leases_on_disk():
         for limit_id in lease.resource_ids if lease and lease.metadata else ():
             held[str(limit_id)] = held.get(str(limit_id), 0) + lease.metadata.slots
     return held
@@ -263,27 +353,40 @@ def warehouse_limits(connection: sqlite3.Connection) -> list[tuple[str, str, int
 
 
 def wait_for_turn(turn: ExitStack) -> None:
-    """Enters the warehouse limit's slot into `turn`; while it waits, expired leases are looked for
-    five times per lease length."""
+    """Enters the warehouse limit's slot into `turn`, leased to this step (this_step()); while it
+    waits, expired leases and the step's own lost grants are looked for five times per lease length."""
     lease = lease_seconds()
-    with expired_turns_reclaimed_every(lease / 5) if RELEASES_EXPIRED_LEASES.is_set() else nullcontext():
-        turn.enter_context(
-            concurrency(
-                warehouse_limit(), occupy=1, lease_duration=lease, strict=True, raise_on_lease_renewal_failure=False
+    asked = TurnAsked(this_step())
+    with expired_turns_reclaimed_every(lease / 5, asked) if RELEASES_EXPIRED_LEASES.is_set() else nullcontext():
+        while True:
+            granted = ExitStack()
+            granted.enter_context(
+                concurrency(
+                    warehouse_limit(),
+                    occupy=1,
+                    lease_duration=lease,
+                    strict=True,
+                    holder=asked.holder,
+                    raise_on_lease_renewal_failure=False,
+                )
             )
-        )
+            if asked.take():
+                turn.enter_context(granted)
+                return
+            granted.close()
+            run_logger().warning("the warehouse turn answered late was given back as lost: asking again")
 
 
 @contextmanager
-def expired_turns_reclaimed_every(seconds: float) -> Iterator[None]:
-    """reclaim_expired_turns every `seconds` on a thread of its own (in the run's context, so what it
-    logs is the run's) until the block ends."""
+def expired_turns_reclaimed_every(seconds: float, asked: TurnAsked) -> Iterator[None]:
+    """reclaim_expired_turns(asked) every `seconds` on a thread of its own (in the run's context, so
+    what it logs is the run's) until the block ends."""
     done = threading.Event()
 
     def reclaim() -> None:
         while not done.wait(seconds):
             try:
-                reclaim_expired_turns()
+                reclaim_expired_turns(asked)
             except Exception as error:  # the wait goes on; the next look may succeed
                 run_logger().warning("could not look for expired warehouse turns: %s", error)
 

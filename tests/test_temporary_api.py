@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,66 @@ writes_to_warehouse(lambda: print("holding the turn at", time.time(), flush=True
 print("step done")
 """,
     "    ",
+)
+
+
+# A step as the flows run it (a task in a flow, in its warehouse turn, on our temporary API) whose
+# first grant's answer is, by argv[1]: `lost` (the server granted the turn, then the client reads a
+# timeout, as when the answer takes longer than PREFECT_API_REQUEST_TIMEOUT, and Prefect's client
+# sends the acquisition again); or `late` (it comes in only once that grant's lease is gone from disk:
+# a step's process that stalled after the answer reached it). The step says how many leases are on
+# disk while it runs; the process, how many acquisitions it sent.
+FIRST_GRANT_LOST_OR_LATE = ON_OURS + textwrap.indent(
+    """
+import asyncio, json, sys, time, httpx
+from prefect import flow, task, runtime
+from prefect.settings import PREFECT_HOME
+from orchestration.concurrency import writes_to_warehouse
+
+send, sent, granted = httpx.AsyncClient.send, [], []
+leases = PREFECT_HOME.value() / "concurrency_leases"
+
+async def first_grant_lost_or_late(self, request, *args, **kwargs):
+    response = await send(self, request, *args, **kwargs)
+    if request.url.path.endswith("/increment-with-lease"):
+        sent.append(response.status_code)
+        if response.status_code == 200 and not granted:
+            granted.append(response.json()["lease_id"])
+            named = json.loads(request.content).get("holder") or {}
+            holder = f"{named.get('type')} {named.get('id')}"
+            print(sys.argv[1], "the answer granting lease", granted[0], "to", holder, flush=True)
+            if sys.argv[1] == "lost":
+                raise httpx.ReadTimeout("the answer was lost", request=request)
+            for _ in range(240):
+                if not (leases / f"{granted[0]}.json").exists():
+                    break
+                await asyncio.sleep(0.5)
+    return response
+
+httpx.AsyncClient.send = first_grant_lost_or_late
+
+@task
+@writes_to_warehouse
+def step():
+    on_disk = len(list(leases.glob("*-*.json")))
+    print("holding the turn as task_run", runtime.task_run.id, "with", on_disk, "lease(s) on disk", flush=True)
+
+@flow
+def a_flow():
+    step()
+
+a_flow()
+print("acquisitions sent:", len(sent))
+print("step done")
+""",
+    "    ",
+)
+
+
+# The lost-or-late grant tests' lease and Prefect request timeout (s), and what the step logs.
+LEASE, REQUEST_TIMEOUT = 60, 10
+RELEASED_AS_LOST = (
+    r"released the warehouse turn granted (\d+) s ago whose answer never reached this step \(lease (\S+)\)"
 )
 
 
@@ -147,6 +208,62 @@ def test_a_run_killed_in_its_warehouse_turn_keeps_it_only_until_its_lease_expire
     assert f"released the expired warehouse turn of a run that is gone (lease {killed_lease.stem})" in after.stderr
     assert "Traceback" not in after.stderr and "ERROR" not in after.stderr, console  # waiting is no error
     assert list((home / "concurrency_leases").glob("*-*.json")) == []
+
+
+def test_a_grant_whose_answer_was_lost_is_given_back_by_the_step_still_waiting_for_it(tmp_path):
+    """Before, the step's retried acquisition waited for the slot its own lost grant held, until that
+    lease expired (seen in CI: 420.7 s with a 300 s lease). The lease names the step's task run; while
+    it waits, the step gives back a lease naming it that is older than twice the request timeout."""
+    run, console, lost_lease, holder = grant_lost_or_late("lost", tmp_path)
+    released = re.findall(RELEASED_AS_LOST, run.stderr)
+    assert [lease for _, lease in released] == [lost_lease], console
+    (age,) = [int(seconds) for seconds, _ in released]
+    assert 2 * REQUEST_TIMEOUT <= age < LEASE, console
+    assert int(one_line(r"^acquisitions sent: (\d+)$", run.stdout, console)) >= 2, console  # sent again
+    waited = float(one_line(r"warehouse turn taken after waiting ([\d.]+)s", run.stderr, console))
+    assert waited < LEASE - 10, console  # its lost grant's lease would have kept the slot for LEASE seconds
+    assert f"holding the turn as {holder} with 1 lease(s) on disk" in run.stdout, console
+    assert "given back as lost: asking again" not in run.stderr, console
+
+
+def test_a_step_whose_grant_was_given_back_as_lost_as_its_answer_came_in_asks_again(tmp_path):
+    """The one case where the step gives back a grant it was answered with: the answer came in, late,
+    while the step's lock was not yet taken. The step then holds no turn, so it must not run on it."""
+    run, console, late_lease, holder = grant_lost_or_late("late", tmp_path)
+    assert [lease for _, lease in re.findall(RELEASED_AS_LOST, run.stderr)] == [late_lease], console
+    assert "the warehouse turn answered late was given back as lost: asking again" in run.stderr, console
+    assert int(one_line(r"^acquisitions sent: (\d+)$", run.stdout, console)) >= 2, console  # asked again
+    assert f"holding the turn as {holder} with 1 lease(s) on disk" in run.stdout, console  # a turn of its own
+
+
+def grant_lost_or_late(fault: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, str, str, str]:
+    """FIRST_GRANT_LOST_OR_LATE run with `fault` to its end: (the run, its console, the lease of the
+    grant it faulted, the holder that lease named: the step's task run)."""
+    home = tmp_path / "prefect"
+    data = {"ELT_DATA_DIR": str(tmp_path / "data"), LEASE_VARIABLE: str(LEASE)}
+    run = run_python(
+        FIRST_GRANT_LOST_OR_LATE,
+        home,
+        fault,
+        timeout=LEASE * 4,
+        PREFECT_API_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
+        **data,
+    )
+    console = f"stdout:\n{run.stdout[-2000:]}\nstderr:\n{run.stderr[-5000:]}"
+    assert run.returncode == 0 and run.stdout.splitlines()[-1] == "step done", console
+    # The fault: the server granted a lease naming the step's task run, and the step did not take it.
+    faulted = re.findall(rf"^{fault} the answer granting lease (\S+) to (task_run \S+)$", run.stdout, re.MULTILINE)
+    assert len(faulted) == 1, console
+    assert "released the expired warehouse turn" not in run.stderr, console
+    assert "Traceback" not in run.stderr and "ERROR" not in run.stderr, console
+    assert list((home / "concurrency_leases").glob("*-*.json")) == [], console
+    return run, console, *faulted[0]
+
+
+def one_line(pattern: str, text: str, console: str) -> str:
+    found = re.findall(pattern, text, re.MULTILINE)
+    assert len(found) == 1, console
+    return found[0]
 
 
 def test_a_turn_taken_before_leases_were_kept_on_disk_is_given_back_when_the_next_run_starts(tmp_path):
