@@ -31,7 +31,7 @@ from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeAlias, TypeVar
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -39,6 +39,10 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings
+
+if TYPE_CHECKING:
+    from prefect.server.concurrency.lease_storage import ConcurrencyLimitLeaseMetadata
+    from prefect.server.utilities.leasing import ResourceLease
 
 from core.settings import DEFAULT_ENVIRONMENT, environment, seconds_setting
 from core.warehouse import held_for_writing
@@ -49,6 +53,7 @@ T = TypeVar("T")
 
 
 WAREHOUSE_LIMIT = "elt-warehouse"
+Lease: TypeAlias = "ResourceLease[ConcurrencyLimitLeaseMetadata]"  # as Prefect's lease storage reads one
 
 
 def warehouse_limit() -> str:
@@ -197,25 +202,27 @@ class TurnAsked:
     """A step's ask for its turn, shared with the thread that looks at the leases while it waits."""
 
     holder: ConcurrencyLeaseHolder | None  # None outside a Prefect run: its grants cannot be told apart
+    limit_id: UUID | None  # the warehouse limit's; None where no thread looks at the leases
     lock: threading.Lock = field(default_factory=threading.Lock)
     taken: bool = False
-    released: set[UUID] = field(default_factory=set)  # its leases given back as lost grants
+    released: set[UUID] = field(default_factory=set)  # its grants given back as lost
 
-    def names(self, lease) -> bool:
-        """Whether a lease on disk names this step (the server keeps its own holder model, which
-        never equals the client's, so their fields are compared)."""
-        holder = lease.metadata.holder if lease.metadata else None
+    def names(self, lease: Lease | None) -> bool:
+        """Whether a lease on disk is one of this step's warehouse turns. (Prefect names the run's
+        holder on its other leases too: tag and deployment concurrency. And the server keeps a holder
+        model of its own, which never equals the client's, so their fields are compared.)"""
+        holder = lease.metadata.holder if lease and lease.metadata else None
         return (
             self.holder is not None
             and holder is not None
             and (holder.type, holder.id) == (self.holder.type, self.holder.id)
+            and self.limit_id in lease.resource_ids
         )
 
     def take(self) -> bool:
-        """Called once the step was answered with a grant: whether it holds it. Then no lease naming
-        the step is given back any more. It does not if a lease given back as lost was the one it was
-        answered with (its answer, late, came in while the looker released it): no other lease naming
-        the step is left on disk; it asks again."""
+        """Called with the answer's grant in hand: True if the step holds it (from then on no lease
+        naming it is given back); False if the lease it was answered with was just given back as
+        lost (no turn of the step's is left on disk), so it must ask again."""
         with self.lock:
             if self.released and not any(self.names(lease) for _, lease in leases_on_disk(active=True)):
                 self.released.clear()
@@ -247,7 +254,7 @@ def lost_grant_age() -> float:
     return 2 * get_current_settings().api.request_timeout
 
 
-def leases_on_disk(*, active: bool | None = None) -> Iterator[tuple[UUID, object]]:
+def leases_on_disk(*, active: bool | None = None) -> Iterator[tuple[UUID, Lease | None]]:
     """(id, lease) of the leases kept on disk: the active ones, the expired ones, or (None) both. A
     lease is None where its index entry outlived its file."""
     from prefect.utilities.asyncutils import run_coro_as_sync
@@ -303,8 +310,8 @@ def release_lost_grants(client: SyncPrefectClient, asked: TurnAsked) -> None:
         with asked.lock:
             if asked.taken:
                 return
+            asked.released.add(lease_id)  # before: an error may follow the server's release
             client.release_concurrency_slots_with_lease(lease_id)
-            asked.released.add(lease_id)
         run_logger().warning(
             "released the warehouse turn granted %.0f s ago whose answer never reached this step (lease %s)",
             (datetime.now(UTC) - lease.created_at).total_seconds(),
@@ -356,25 +363,31 @@ def wait_for_turn(turn: ExitStack) -> None:
     """Enters the warehouse limit's slot into `turn`, leased to this step (this_step()); while it
     waits, expired leases and the step's own lost grants are looked for five times per lease length."""
     lease = lease_seconds()
-    asked = TurnAsked(this_step())
-    with expired_turns_reclaimed_every(lease / 5, asked) if RELEASES_EXPIRED_LEASES.is_set() else nullcontext():
+    looking = RELEASES_EXPIRED_LEASES.is_set()
+    asked = TurnAsked(this_step(), warehouse_limit_id() if looking else None)
+    with expired_turns_reclaimed_every(lease / 5, asked) if looking else nullcontext():
         while True:
-            granted = ExitStack()
-            granted.enter_context(
-                concurrency(
-                    warehouse_limit(),
-                    occupy=1,
-                    lease_duration=lease,
-                    strict=True,
-                    holder=asked.holder,
-                    raise_on_lease_renewal_failure=False,
+            with ExitStack() as granted:  # given back unless the step holds it
+                granted.enter_context(
+                    concurrency(
+                        warehouse_limit(),
+                        occupy=1,
+                        lease_duration=lease,
+                        strict=True,
+                        holder=asked.holder,
+                        raise_on_lease_renewal_failure=False,
+                    )
                 )
-            )
-            if asked.take():
-                turn.enter_context(granted)
-                return
-            granted.close()
+                if asked.take():
+                    turn.enter_context(granted.pop_all())
+                    return
             run_logger().warning("the warehouse turn answered late was given back as lost: asking again")
+
+
+def warehouse_limit_id() -> UUID:
+    """The id of the warehouse limit, which a turn's lease lists among its resources."""
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(warehouse_limit()).id
 
 
 @contextmanager

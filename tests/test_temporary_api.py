@@ -61,26 +61,29 @@ print("step done")
 # first grant's answer is, by argv[1]: `lost` (the server granted the turn, then the client reads a
 # timeout, as when the answer takes longer than PREFECT_API_REQUEST_TIMEOUT, and Prefect's client
 # sends the acquisition again); or `late` (it comes in only once that grant's lease is gone from disk:
-# a step's process that stalled after the answer reached it). The step says how many leases are on
-# disk while it runs; the process, how many acquisitions it sent.
+# a step's process that stalled after the answer reached it). The step says which leases are on
+# disk while it runs and whom they name; the process, how many grants it was answered with.
 FIRST_GRANT_LOST_OR_LATE = ON_OURS + textwrap.indent(
     """
 import asyncio, json, sys, time, httpx
 from prefect import flow, task, runtime
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_HOME
-from orchestration.concurrency import writes_to_warehouse
+from orchestration.concurrency import ensure_warehouse_limit, writes_to_warehouse
 
-send, sent, granted = httpx.AsyncClient.send, [], []
+send, granted = httpx.AsyncClient.send, []
 leases = PREFECT_HOME.value() / "concurrency_leases"
+
+def named(holder):
+    return f"{holder.get('type')} {holder.get('id')}" if holder else "nobody"
 
 async def first_grant_lost_or_late(self, request, *args, **kwargs):
     response = await send(self, request, *args, **kwargs)
-    if request.url.path.endswith("/increment-with-lease"):
-        sent.append(response.status_code)
-        if response.status_code == 200 and not granted:
-            granted.append(response.json()["lease_id"])
-            named = json.loads(request.content).get("holder") or {}
-            holder = f"{named.get('type')} {named.get('id')}"
+    acquiring = request.url.path.endswith("/increment-with-lease")
+    if acquiring and json.loads(request.content)["names"] == ["elt-warehouse"] and response.status_code == 200:
+        granted.append(response.json()["lease_id"])
+        if len(granted) == 1:
+            holder = named(json.loads(request.content).get("holder"))
             print(sys.argv[1], "the answer granting lease", granted[0], "to", holder, flush=True)
             if sys.argv[1] == "lost":
                 raise httpx.ReadTimeout("the answer was lost", request=request)
@@ -92,18 +95,29 @@ async def first_grant_lost_or_late(self, request, *args, **kwargs):
 
 httpx.AsyncClient.send = first_grant_lost_or_late
 
-@task
+# Prefect's tag concurrency leases name the task run too (a user's limit on the step's tag).
+ensure_warehouse_limit()
+TAG_LIMIT = "tag:warehouse-writer"
+with get_client(sync_client=True) as client:
+    client.upsert_global_concurrency_limit_by_name(TAG_LIMIT, 5)
+    limits = {str(client.read_global_concurrency_limit_by_name(name).id): name for name in ("elt-warehouse", TAG_LIMIT)}
+
+@task(tags=["warehouse-writer"])
 @writes_to_warehouse
 def step():
-    on_disk = len(list(leases.glob("*-*.json")))
-    print("holding the turn as task_run", runtime.task_run.id, "with", on_disk, "lease(s) on disk", flush=True)
+    on_disk = [json.loads(f.read_text()) for f in leases.glob("*-*.json")]
+    print("holding the turn as task_run", runtime.task_run.id, flush=True)
+    print("leases on disk:", "; ".join(
+        f"{lease['id']} naming {named(lease['metadata']['holder'])} on {limits.get(lease['resource_ids'][0])}"
+        for lease in on_disk
+    ), flush=True)
 
 @flow
 def a_flow():
     step()
 
 a_flow()
-print("acquisitions sent:", len(sent))
+print("grants answered:", len(granted))
 print("step done")
 """,
     "    ",
@@ -214,31 +228,28 @@ def test_a_grant_whose_answer_was_lost_is_given_back_by_the_step_still_waiting_f
     """Before, the step's retried acquisition waited for the slot its own lost grant held, until that
     lease expired (seen in CI: 420.7 s with a 300 s lease). The lease names the step's task run; while
     it waits, the step gives back a lease naming it that is older than twice the request timeout."""
-    run, console, lost_lease, holder = grant_lost_or_late("lost", tmp_path)
+    run, console, lost_lease, _ = grant_lost_or_late("lost", tmp_path)
     released = re.findall(RELEASED_AS_LOST, run.stderr)
     assert [lease for _, lease in released] == [lost_lease], console
     (age,) = [int(seconds) for seconds, _ in released]
     assert 2 * REQUEST_TIMEOUT <= age < LEASE, console
-    assert int(one_line(r"^acquisitions sent: (\d+)$", run.stdout, console)) >= 2, console  # sent again
     waited = float(one_line(r"warehouse turn taken after waiting ([\d.]+)s", run.stderr, console))
     assert waited < LEASE - 10, console  # its lost grant's lease would have kept the slot for LEASE seconds
-    assert f"holding the turn as {holder} with 1 lease(s) on disk" in run.stdout, console
     assert "given back as lost: asking again" not in run.stderr, console
 
 
 def test_a_step_whose_grant_was_given_back_as_lost_as_its_answer_came_in_asks_again(tmp_path):
     """The one case where the step gives back a grant it was answered with: the answer came in, late,
     while the step's lock was not yet taken. The step then holds no turn, so it must not run on it."""
-    run, console, late_lease, holder = grant_lost_or_late("late", tmp_path)
+    run, console, late_lease, _ = grant_lost_or_late("late", tmp_path)
     assert [lease for _, lease in re.findall(RELEASED_AS_LOST, run.stderr)] == [late_lease], console
     assert "the warehouse turn answered late was given back as lost: asking again" in run.stderr, console
-    assert int(one_line(r"^acquisitions sent: (\d+)$", run.stdout, console)) >= 2, console  # asked again
-    assert f"holding the turn as {holder} with 1 lease(s) on disk" in run.stdout, console  # a turn of its own
 
 
 def grant_lost_or_late(fault: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, str, str, str]:
     """FIRST_GRANT_LOST_OR_LATE run with `fault` to its end: (the run, its console, the lease of the
-    grant it faulted, the holder that lease named: the step's task run)."""
+    grant it faulted, the holder that lease named: the step's task run). The step ran holding a
+    lease of its own: the second grant's, one naming it."""
     home = tmp_path / "prefect"
     data = {"ELT_DATA_DIR": str(tmp_path / "data"), LEASE_VARIABLE: str(LEASE)}
     run = run_python(
@@ -254,10 +265,17 @@ def grant_lost_or_late(fault: str, tmp_path: Path) -> tuple[subprocess.Completed
     # The fault: the server granted a lease naming the step's task run, and the step did not take it.
     faulted = re.findall(rf"^{fault} the answer granting lease (\S+) to (task_run \S+)$", run.stdout, re.MULTILINE)
     assert len(faulted) == 1, console
+    faulted_lease, holder = faulted[0]
+    assert one_line(r"^holding the turn as (task_run \S+)$", run.stdout, console) == holder, console
+    held = one_line(r"^leases on disk: (.*)$", run.stdout, console).split("; ")
+    held_as = sorted(re.fullmatch(r"(\S+) naming (task_run \S+) on (\S+)", lease).groups()[1:] for lease in held)
+    assert held_as == [(holder, "elt-warehouse"), (holder, "tag:warehouse-writer")], console
+    assert faulted_lease not in str(held), console
+    assert one_line(r"^grants answered: (\d+)$", run.stdout, console) == "2", console
     assert "released the expired warehouse turn" not in run.stderr, console
     assert "Traceback" not in run.stderr and "ERROR" not in run.stderr, console
     assert list((home / "concurrency_leases").glob("*-*.json")) == [], console
-    return run, console, *faulted[0]
+    return run, console, faulted_lease, holder
 
 
 def one_line(pattern: str, text: str, console: str) -> str:
