@@ -11,8 +11,10 @@ releases expired leases. The servers this project starts itself (`make run`'s te
 serve`'s server) keep their leases on disk, in PREFECT_HOME/concurrency_leases beside their
 database, where a restart does not lose them (Prefect keeps them in the server's memory by
 default). The temporary API runs no repossessor, so its runs release expired leases themselves:
-when it starts, and while a step waits for its turn. Postgres needs no turns for its own sake
-(MVCC), but runs take them there too: two builds publishing marts at once still clash.
+when it starts, and while a step waits for its turn; a turn's lease names its step, so a waiting
+step also gives back its own grants whose answer never reached it (release_lost_grants). Postgres
+needs no turns for its own sake (MVCC), but runs take them there too: two builds publishing marts at
+once still clash.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ TURN_RELEASED = "warehouse turn released"
 LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
 LEASE_STORAGE_VARIABLE = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
 # Set in the process that started a temporary API keeping its leases on disk (and in the tests'
-# harness): only there are expired leases released by a run; a real server's repossessor does it.
+# harness): only there does a run release expired leases, and a waiting step its lost grants; a
+# real server's repossessor releases expired leases.
 RELEASES_EXPIRED_LEASES = threading.Event()
 # Held (shared) by each process whose Prefect server of this project is up on PREFECT_HOME.
 LOCAL_SERVERS_LOCK = "local-prefect-servers.lock"
@@ -361,7 +364,8 @@ def warehouse_limits(connection: sqlite3.Connection) -> list[tuple[str, str, int
 
 def wait_for_turn(turn: ExitStack) -> None:
     """Enters the warehouse limit's slot into `turn`, leased to this step (this_step()); while it
-    waits, expired leases and the step's own lost grants are looked for five times per lease length."""
+    waits (where RELEASES_EXPIRED_LEASES is set), expired leases and the step's own lost grants are
+    looked for five times per lease length."""
     lease = lease_seconds()
     looking = RELEASES_EXPIRED_LEASES.is_set()
     asked = TurnAsked(this_step(), warehouse_limit_id() if looking else None)
@@ -401,7 +405,7 @@ def expired_turns_reclaimed_every(seconds: float, asked: TurnAsked) -> Iterator[
             try:
                 reclaim_expired_turns(asked)
             except Exception as error:  # the wait goes on; the next look may succeed
-                run_logger().warning("could not look for expired warehouse turns: %s", error)
+                run_logger().warning("could not look for expired or lost warehouse turns: %s", error)
 
     looker = threading.Thread(target=contextvars.copy_context().run, args=(reclaim,), daemon=True)
     looker.start()
