@@ -205,7 +205,7 @@ class TurnAsked:
     """A step's ask for its turn, shared with the thread that looks at the leases while it waits."""
 
     holder: ConcurrencyLeaseHolder | None  # None outside a Prefect run: its grants cannot be told apart
-    limit_id: UUID | None  # the warehouse limit's; None where no thread looks at the leases
+    limit_id: UUID | None  # the warehouse limit's; None where no lease can be told to be the step's
     lock: threading.Lock = field(default_factory=threading.Lock)
     taken: bool = False
     released: set[UUID] = field(default_factory=set)  # its grants given back as lost
@@ -297,7 +297,7 @@ def reclaim_expired_turns(asked: TurnAsked | None = None) -> None:
                     run_logger().warning(
                         "released the expired warehouse turn of a run that is gone (lease %s)", lease_id
                     )
-            if asked is not None:
+            if asked is not None and asked.holder is not None:  # without one, no lease is the step's
                 release_lost_grants(client, asked)
 
 
@@ -367,8 +367,8 @@ def wait_for_turn(turn: ExitStack) -> None:
     waits (where RELEASES_EXPIRED_LEASES is set), expired leases and the step's own lost grants are
     looked for five times per lease length."""
     lease = lease_seconds()
-    looking = RELEASES_EXPIRED_LEASES.is_set()
-    asked = TurnAsked(this_step(), warehouse_limit_id() if looking else None)
+    looking, holder = RELEASES_EXPIRED_LEASES.is_set(), this_step()
+    asked = TurnAsked(holder, warehouse_limit_id() if looking and holder else None)
     with expired_turns_reclaimed_every(lease / 5, asked) if looking else nullcontext():
         while True:
             with ExitStack() as granted:  # given back unless the step holds it

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import PROJECT_ROOT
-from orchestration.concurrency import LEASE_STORAGE_VARIABLE, LEASE_VARIABLE, lease_seconds
+from orchestration.concurrency import LEASE_STORAGE_VARIABLE, LEASE_VARIABLE, TURN_TAKEN, lease_seconds
 from orchestration.temporary_api import LOG_FILE_NAME, NOTE, describe_problems, problems_logged
 
 from .processes import MEMORY_LEASES, prefect_environment
@@ -233,7 +233,7 @@ def test_a_grant_whose_answer_was_lost_is_given_back_by_the_step_still_waiting_f
     assert [lease for _, lease in released] == [lost_lease], console
     (age,) = [int(seconds) for seconds, _ in released]
     assert 2 * REQUEST_TIMEOUT <= age < LEASE, console
-    waited = float(one_line(r"warehouse turn taken after waiting ([\d.]+)s", run.stderr, console))
+    waited = float(one_line(rf"{TURN_TAKEN} after waiting ([\d.]+)s", run.stderr, console))
     assert waited < LEASE - 10, console  # its lost grant's lease would have kept the slot for LEASE seconds
     assert "given back as lost: asking again" not in run.stderr, console
 
